@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import re
 
-ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-_ID_RE = re.compile(ID_PATTERN)
+_CHARSET_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+#: The whole rule (the charset, 1-128 characters, not "." or "..") as one regular expression without
+#: look-around, so that JSON Schema / OpenAPI consumers (schemathesis, client generators) accept and
+#: generate exactly the ids the commander accepts.
+ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
+)
 
 
 class InvalidIdError(ValueError):
@@ -26,7 +32,7 @@ def id_problem(value: object) -> str | None:
     """Why ``value`` is not a valid id, or None when it is."""
     if not isinstance(value, str):
         return "must be a string"
-    if not _ID_RE.fullmatch(value):
+    if not _CHARSET_RE.fullmatch(value):
         return "must be 1-128 characters of A-Z a-z 0-9 . _ -"
     if value in (".", ".."):
         return "must not be '.' or '..'"

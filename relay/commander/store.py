@@ -1,0 +1,410 @@
+"""SQLite state of the commander: the only module that speaks SQL.
+
+One connection, used only from the event loop's thread, in autocommit mode with
+explicit ``BEGIN IMMEDIATE``/``COMMIT`` per call.  Each call is a short
+transaction (tens of microseconds, a fsync of ~0.2 ms when durable), so calling
+it directly from an aiohttp handler is safe: nothing else runs on the loop
+between a decision and its commit, which is what makes "check then grant"
+atomic without locks.
+
+Durability: the database is in WAL mode.  A change of ownership (a grant, a
+release, an expiry) is committed with ``synchronous=FULL`` - fsynced before the
+caller answers.  Progress reports use ``synchronous=NORMAL`` (no fsync per
+commit): they survive a ``kill -9`` of the commander (the data is in the OS page
+cache) and lose at most the last few reports on a power cut, which the next
+report repairs.  Lease *expiry* times are not stored at all: they live in memory
+in ``leases.py`` (renewals never touch the disk) and every held lease gets a full
+TTL again when the commander restarts.
+
+An exclusive ``flock`` on ``<state>.lock`` keeps a second commander off the same
+state file, which would otherwise be a split brain with two epochs counters.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from relay.schema import CheckpointRef, RunStatus
+
+#: Schema migrations, applied in order; PRAGMA user_version counts the applied ones.
+#: Append new entries (issue 8: callbacks, deliveries); never edit an applied one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        mode TEXT,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        step INTEGER,
+        latest_checkpoint TEXT,
+        remote_step INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        detail TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        max_restarts INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        spec_json TEXT,
+        lease_id TEXT,
+        lease_worker TEXT,
+        lease_granted_at REAL,
+        released_lease_id TEXT
+    );
+    CREATE INDEX runs_waiting ON runs(status, priority DESC, created_at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        epoch INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        worker_id TEXT,
+        message TEXT
+    );
+    CREATE INDEX events_run ON events(run_id, id);
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        step INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        metrics_json TEXT NOT NULL
+    );
+    CREATE INDEX metrics_run ON metrics(run_id, id);
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        epoch INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        line TEXT NOT NULL
+    );
+    CREATE INDEX logs_run ON logs(run_id, id);
+    """,
+)
+
+#: How much per-run history is kept (older rows are pruned as new ones arrive).
+KEEP_METRICS = 2000
+KEEP_LOGS = 5000
+_PRUNE_EVERY = 200  # inserts per run between prunes
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used (locked by another commander, unreadable, newer schema)."""
+
+
+@dataclass
+class RunRow:
+    """One row of ``runs``: the run and its current lease (lease_id is None when nobody holds it)."""
+
+    run_id: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+    mode: str | None = None
+    epoch: int = 0
+    step: int | None = None
+    latest_checkpoint: CheckpointRef | None = None
+    remote_step: int | None = None
+    cancel_requested: bool = False
+    detail: str | None = None
+    priority: int = 0
+    max_restarts: int | None = None
+    restarts: int = 0
+    spec_json: str | None = None
+    lease_id: str | None = None
+    lease_worker: str | None = None
+    lease_granted_at: float | None = None
+    released_lease_id: str | None = None
+
+
+_COLUMNS = tuple(f.name for f in fields(RunRow))
+_UPSERT = (
+    f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT(run_id) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in _COLUMNS[1:])}"
+)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM runs"
+
+
+@dataclass
+class NewEvent:
+    ts: float
+    epoch: int
+    name: str
+    worker_id: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class EventRow(NewEvent):
+    id: int = 0
+
+
+@dataclass
+class MetricsRow:
+    ts: float
+    step: int
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LogRow:
+    ts: float
+    epoch: int
+    stream: str
+    line: str
+
+
+def _row_to_run(row: Sequence[object]) -> RunRow:
+    data = dict(zip(_COLUMNS, row, strict=True))
+    data["status"] = RunStatus(data["status"])
+    data["cancel_requested"] = bool(data["cancel_requested"])
+    ckpt = data["latest_checkpoint"]
+    data["latest_checkpoint"] = CheckpointRef.model_validate_json(ckpt) if ckpt else None
+    return RunRow(**data)  # type: ignore[arg-type]
+
+
+def _run_to_params(run: RunRow) -> tuple[object, ...]:
+    values = []
+    for name in _COLUMNS:
+        value = getattr(run, name)
+        if name == "status":
+            value = run.status.value
+        elif name == "latest_checkpoint":
+            value = run.latest_checkpoint.model_dump_json() if run.latest_checkpoint else None
+        elif name == "cancel_requested":
+            value = int(run.cancel_requested)
+        values.append(value)
+    return tuple(values)
+
+
+class Store:
+    """The commander's SQLite database.  Construct with :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, lock_fd: int | None) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
+        self._sync_full: bool | None = None
+        self._inserts_since_prune: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Store:
+        """Open (creating if needed) the state at ``path``; ``":memory:"`` for a throwaway one."""
+        path_s = str(path)
+        lock_fd = None
+        if path_s != ":memory:":
+            parent = Path(path_s).resolve().parent
+            if not parent.is_dir():
+                raise StoreError(f"state directory {parent} does not exist")
+            lock_fd = _lock(path_s + ".lock")
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(path_s, isolation_level=None, timeout=5.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            store = cls(conn, path_s, lock_fd)
+            store._migrate()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"cannot use state file {path_s}: {exc}") from exc
+            raise
+        store._sync_full = True
+        return store
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and let go of the lock."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            pass
+        self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"state file {self.path} has schema version {version}, newer than this commander "
+                f"({len(MIGRATIONS)}); upgrade relay-trainer"
+            )
+        for index in range(version, len(MIGRATIONS)):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(MIGRATIONS[index]):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={index + 1}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ transactions
+
+    def _begin(self, durable: bool) -> None:
+        if self._sync_full is not durable:
+            self._conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._sync_full = durable
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def _write(self, durable: bool, work: list[tuple[str, Sequence[object]]]) -> None:
+        self._begin(durable)
+        try:
+            for sql, params in work:
+                self._conn.execute(sql, params)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ reads
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        row = self._conn.execute(f"{_SELECT} WHERE run_id = ?", (run_id,)).fetchone()
+        return _row_to_run(row) if row else None
+
+    def list_runs(self) -> list[RunRow]:
+        return [_row_to_run(r) for r in self._conn.execute(f"{_SELECT} ORDER BY created_at, run_id")]
+
+    def held_leases(self) -> list[RunRow]:
+        """Runs whose lease was granted and not yet released or expired (as of the last durable commit)."""
+        return [_row_to_run(r) for r in self._conn.execute(f"{_SELECT} WHERE lease_id IS NOT NULL")]
+
+    def oldest_waiting(self, statuses: Iterable[RunStatus], mode: str | None) -> RunRow | None:
+        """The highest-priority, oldest run in ``statuses`` whose mode fits ``mode`` (None fits all)."""
+        status_values = [s.value for s in statuses]
+        marks = ", ".join("?" * len(status_values))
+        sql = (
+            f"{_SELECT} WHERE status IN ({marks}) AND lease_id IS NULL "
+            "AND (? IS NULL OR mode IS NULL OR mode = ?) "
+            "ORDER BY priority DESC, created_at, run_id LIMIT 1"
+        )
+        row = self._conn.execute(sql, (*status_values, mode, mode)).fetchone()
+        return _row_to_run(row) if row else None
+
+    def recent_events(self, run_id: str, limit: int = 50) -> list[EventRow]:
+        rows = self._conn.execute(
+            "SELECT id, ts, epoch, name, worker_id, message FROM events WHERE run_id = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (run_id, limit),
+        ).fetchall()
+        return [
+            EventRow(id=r[0], ts=r[1], epoch=r[2], name=r[3], worker_id=r[4], message=r[5])
+            for r in reversed(rows)
+        ]
+
+    def metrics_history(self, run_id: str, limit: int = 200) -> list[MetricsRow]:
+        rows = self._conn.execute(
+            "SELECT ts, step, epoch, metrics_json FROM metrics WHERE run_id = ? ORDER BY id DESC LIMIT ?",
+            (run_id, limit),
+        ).fetchall()
+        return [MetricsRow(ts=r[0], step=r[1], epoch=r[2], metrics=json.loads(r[3])) for r in reversed(rows)]
+
+    def log_lines(self, run_id: str, since_ts: float | None = None, limit: int = 1000) -> list[LogRow]:
+        """Log lines of a run after ``since_ts``, oldest first (issue 8 serves these)."""
+        rows = self._conn.execute(
+            "SELECT ts, epoch, stream, line FROM logs WHERE run_id = ? AND ts > ? ORDER BY id DESC LIMIT ?",
+            (run_id, -1.0 if since_ts is None else since_ts, limit),
+        ).fetchall()
+        return [LogRow(ts=r[0], epoch=r[1], stream=r[2], line=r[3]) for r in reversed(rows)]
+
+    # ------------------------------------------------------------------ writes
+
+    def save_run(self, run: RunRow, events: Sequence[NewEvent] = (), *, durable: bool = True) -> None:
+        """Insert or update ``run`` and append ``events`` in one transaction.
+
+        ``durable=True`` (the default) is for changes of ownership and status: the
+        commit is fsynced before this returns.
+        """
+        work: list[tuple[str, Sequence[object]]] = [(_UPSERT, _run_to_params(run))]
+        work += [_event_insert(run.run_id, e) for e in events]
+        self._write(durable, work)
+
+    def save_report(
+        self,
+        run: RunRow,
+        events: Sequence[NewEvent] = (),
+        metrics: MetricsRow | None = None,
+        logs: Sequence[LogRow] = (),
+    ) -> None:
+        """Progress of a run (step, checkpoint, metrics, events, log tail): committed without a fsync."""
+        work: list[tuple[str, Sequence[object]]] = [(_UPSERT, _run_to_params(run))]
+        work += [_event_insert(run.run_id, e) for e in events]
+        if metrics is not None:
+            work.append(
+                (
+                    "INSERT INTO metrics (run_id, ts, step, epoch, metrics_json) VALUES (?, ?, ?, ?, ?)",
+                    (run.run_id, metrics.ts, metrics.step, metrics.epoch, json.dumps(metrics.metrics)),
+                )
+            )
+        for line in logs:
+            work.append(
+                (
+                    "INSERT INTO logs (run_id, ts, epoch, stream, line) VALUES (?, ?, ?, ?, ?)",
+                    (run.run_id, line.ts, line.epoch, line.stream, line.line),
+                )
+            )
+        count = self._inserts_since_prune.get(run.run_id, 0) + 1 + len(logs)
+        if count >= _PRUNE_EVERY:
+            count = 0
+            work += _prune_statements(run.run_id)
+        self._inserts_since_prune[run.run_id] = count
+        self._write(False, work)
+
+
+def _event_insert(run_id: str, event: NewEvent) -> tuple[str, Sequence[object]]:
+    return (
+        "INSERT INTO events (run_id, ts, epoch, name, worker_id, message) VALUES (?, ?, ?, ?, ?, ?)",
+        (run_id, event.ts, event.epoch, event.name, event.worker_id, event.message),
+    )
+
+
+def _prune_statements(run_id: str) -> list[tuple[str, Sequence[object]]]:
+    return [
+        (
+            "DELETE FROM metrics WHERE run_id = ? AND id <= "
+            "(SELECT id FROM metrics WHERE run_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (run_id, run_id, KEEP_METRICS),
+        ),
+        (
+            "DELETE FROM logs WHERE run_id = ? AND id <= "
+            "(SELECT id FROM logs WHERE run_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (run_id, run_id, KEEP_LOGS),
+        ),
+    ]
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _lock(lock_path: str) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise StoreError(
+            f"state file {lock_path[: -len('.lock')]} is in use by another commander (pid {holder})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

@@ -1,0 +1,328 @@
+"""Every model that crosses the commander's HTTP boundary: the wire contract.
+
+The commander validates requests with these models, answers with them, and
+generates its OpenAPI document from them, so the document cannot drift from the
+code.  ``relay.client`` parses answers with the same classes.
+
+Policy, chosen once for all requests:
+
+* Unknown fields are rejected (``extra="forbid"``) so a misspelt field is a 422
+  naming it instead of being silently ignored.  Responses ignore unknown fields,
+  so an older client keeps working against a newer commander.
+* Numbers and booleans are strict: ``"5"`` is not a step and ``1`` is not
+  ``true``; an integer is accepted where a float is expected.
+* Ids follow ``relay.ids`` (the one rule shared with the worker); a bad id is a
+  validation error of type ``invalid_id`` which the commander answers with 400.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from relay.ids import ID_PATTERN, id_problem
+
+# --------------------------------------------------------------------------- scalar types
+
+
+def _integral(value: object) -> object:
+    """JSON Schema counts ``3.0`` as an integer, so the commander does too (never ``3.5``, ``"3"`` or ``true``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: SQLite stores 64-bit signed integers: anything larger would be a 500, so it is a 422 naming the field.
+INT64_MAX = 2**63 - 1
+
+Int = Annotated[int, Strict(), Field(ge=-INT64_MAX, le=INT64_MAX), BeforeValidator(_integral)]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+NonNegInt = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX), BeforeValidator(_integral)]
+Mode = Literal["sft", "rl"]
+
+MAX_TEXT = 8192  # a message, a detail, a path: long enough for a traceback line, short enough for a DB row
+
+
+def _check_id(value: str) -> str:
+    reason = id_problem(value)
+    if reason is not None:
+        raise PydanticCustomError("invalid_id", "invalid id: {reason}", {"reason": reason})
+    return value
+
+
+#: A run or worker id, validated by the rule in ``relay.ids``; the documented schema carries the same
+#: rule as a pattern, so a schema-valid id is never refused (and an invalid one is never documented).
+Id = Annotated[
+    str,
+    AfterValidator(_check_id),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128}),
+]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class RunStatus(str, Enum):
+    """Where a run is in its life; the allowed transitions live in ``relay.commander.runs``."""
+
+    pending = "pending"
+    running = "running"
+    preempted = "preempted"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+#: Statuses from which a run is never granted again.
+CLOSED_STATUSES = frozenset({RunStatus.completed, RunStatus.cancelled})
+
+
+class ReleaseOutcome(str, Enum):
+    """Why a worker hands its lease back."""
+
+    preempted = "preempted"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class EventName(str, Enum):
+    """Names of run events.
+
+    Workers report the first group; the commander records ``acquired`` and the
+    release outcomes itself, plus the two commander-only names at the end.
+    """
+
+    acquired = "acquired"
+    resumed = "resumed"
+    trainer_started = "trainer_started"
+    checkpoint_committed = "checkpoint_committed"
+    checkpoint_synced = "checkpoint_synced"
+    sync_failed = "sync_failed"
+    hang_detected = "hang_detected"
+    trainer_restarted = "trainer_restarted"
+    fenced = "fenced"
+    preempted = "preempted"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+    # commander-originated
+    lease_expired = "lease_expired"
+    cancel_requested = "cancel_requested"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+class CheckpointRef(_Request):
+    """A checkpoint the worker has committed locally (and maybe pushed: ``remote_revision``)."""
+
+    step: NonNegInt
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    remote_revision: Annotated[str, Field(max_length=256)] | None = None
+
+
+class LogLine(_Request):
+    """One line of a run's log timeline (shipped in reports, served by issue 8's logs endpoint)."""
+
+    ts: Float
+    stream: Literal["stdout", "stderr", "worker"]
+    line: Annotated[str, Field(max_length=16384)]
+
+
+class CallbackSpec(_Request):
+    """Where the commander reports a run's status changes (issue 8 delivers them)."""
+
+    webhook_url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+    auth_header: Annotated[str, Field(max_length=4096)] | None = Field(
+        default=None, description="sent as the Authorization header; never returned or logged"
+    )
+    events: list[str] | None = None
+
+
+class RunSpec(_Request):
+    """A run submitted as a job through ``POST /api/runs`` (issue 8); handed to the worker in the grant."""
+
+    run_id: Id | None = None
+    mode: Mode = "sft"
+    train: dict[str, Any] = Field(default_factory=dict)
+    remote: Annotated[str, Field(max_length=2048)] | None = None
+    max_restarts: NonNegInt = 3
+    priority: Int = 0
+    max_duration_s: Annotated[float, Strict(), Field(gt=0)] | None = None
+    callbacks: CallbackSpec | None = None
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class EventRecord(_Response):
+    """A run event as stored: reported by a worker or recorded by the commander."""
+
+    ts: float
+    epoch: int
+    name: str = Field(description="an EventName value")
+    worker_id: str | None = None
+    message: str | None = None
+
+
+class MetricsPoint(_Response):
+    """Metrics of one report; a non-finite value (NaN loss) is answered as null."""
+
+    ts: float
+    step: int
+    epoch: int
+    metrics: dict[str, float | None]
+
+
+class RunSummary(_Response):
+    """What ``relayctl status`` shows for each run; times are the commander's wall clock (Unix seconds)."""
+
+    run_id: str
+    status: RunStatus
+    mode: Mode | None = None
+    epoch: int = Field(description="the fencing token: incremented on every grant")
+    holder: str | None = Field(default=None, description="worker id of the live lease, if any")
+    lease_expires_at: float | None = None
+    last_renew_at: float | None = None
+    last_renew_age_s: float | None = Field(default=None, description="seconds since the last renew or grant")
+    step: int | None = None
+    latest_checkpoint: CheckpointRef | None = None
+    remote_step: int | None = None
+    cancel_requested: bool = False
+    detail: str | None = Field(default=None, description="detail of the last release")
+    created_at: float
+    updated_at: float
+    priority: int = 0
+    restarts: int = 0
+    max_restarts: int | None = None
+
+
+class RunDetail(RunSummary):
+    """One run with its recent history."""
+
+    events: list[EventRecord] = Field(default_factory=list)
+    metrics_history: list[MetricsPoint] = Field(default_factory=list)
+    spec: RunSpec | None = None
+
+
+class RunList(_Response):
+    runs: list[RunSummary]
+    now: float = Field(description="the commander's clock when it answered")
+
+
+class LogsResponse(_Response):
+    """A run's log timeline (issue 8)."""
+
+    run_id: str
+    lines: list[LogLine]
+
+
+# --------------------------------------------------------------------------- leases
+
+
+class AcquireRequest(_Request):
+    """Ask for a run's lease; ``run_id`` omitted asks for the oldest run waiting for a worker."""
+
+    run_id: Id | None = None
+    worker_id: Id
+    mode: Mode | None = None
+
+
+class AcquireGranted(_Response):
+    granted: Literal[True] = True
+    run_id: str
+    lease_id: str
+    epoch: int
+    ttl_s: float
+    renew_interval_s: float
+    run: RunSummary
+    spec: RunSpec | None = None
+
+
+class AcquireDenied(_Response):
+    """409 to an acquire: another worker holds a live lease, or the run is closed (``status``)."""
+
+    granted: Literal[False] = False
+    holder: str | None = None
+    retry_after_s: float = 0.0
+    status: RunStatus | None = None
+    detail: str = ""
+
+
+class RenewRequest(_Request):
+    run_id: Id
+    worker_id: Id
+    lease_id: Annotated[str, Field(min_length=1, max_length=128)]
+    epoch: NonNegInt
+
+
+class RenewResponse(_Response):
+    ok: bool = True
+    ttl_s: float
+    cancel_requested: bool = False
+
+
+class ReleaseRequest(_Request):
+    run_id: Id
+    worker_id: Id
+    lease_id: Annotated[str, Field(min_length=1, max_length=128)]
+    epoch: NonNegInt
+    outcome: ReleaseOutcome
+    detail: Text | None = None
+
+
+class ReleaseResponse(_Response):
+    ok: bool = True
+    status: RunStatus
+
+
+class ReportRequest(_Request):
+    """Progress from the lease holder; fenced by ``lease_id`` and ``epoch`` like a renew."""
+
+    worker_id: Id
+    lease_id: Annotated[str, Field(min_length=1, max_length=128)]
+    epoch: NonNegInt
+    step: NonNegInt
+    metrics: Annotated[dict[Annotated[str, Field(max_length=200)], Float], Field(max_length=256)] | None = (
+        None
+    )
+    checkpoint: CheckpointRef | None = None
+    remote_step: NonNegInt | None = None
+    event: EventName | None = None
+    message: Text | None = None
+    log_tail: Annotated[list[LogLine], Field(max_length=2000)] | None = None
+
+
+class ReportResponse(_Response):
+    ok: bool = True
+
+
+# --------------------------------------------------------------------------- misc
+
+
+class HealthResponse(_Response):
+    ok: bool = True
+    version: str
+    time: float | None = Field(default=None, description="the commander's clock")
+    lease_ttl_s: float | None = None
+
+
+class ErrorResponse(_Response):
+    """Body of every 4xx answer except an acquire denial (which is AcquireDenied)."""
+
+    error: str = Field(description="one line a person can act on")
+    code: str = Field(description="stable machine-readable reason, e.g. stale_lease, invalid_id")
+    field: str | None = Field(default=None, description="the offending field, dotted for nested ones")
+    status: RunStatus | None = Field(default=None, description="the run's status, when it explains the error")
+    detail: Any = None

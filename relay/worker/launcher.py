@@ -1,0 +1,316 @@
+"""The trainer subprocess: its own process group, death with the worker, signals, and log capture.
+
+Invariant: nothing trains without a live worker holding the lease.  Three mechanisms give that:
+
+- The trainer runs in its own session (``start_new_session``), so the worker can signal the whole
+  tree (launcher script, python, dataloader workers) with one ``killpg`` and a terminal's Ctrl-C
+  reaches only the worker, which then stops the trainer in order.
+- ``PR_SET_PDEATHSIG = SIGKILL`` is set in the child before ``exec``: the kernel kills the trainer
+  when the worker dies, even by ``kill -9``.  It fires on the death of the *thread* that forked, so
+  the trainer must be spawned from the worker's main thread (the asyncio loop thread; never from
+  ``asyncio.to_thread``).  It is not inherited by the trainer's own children, hence:
+- a *group guard*: a tiny ``bash`` in its own session that blocks reading a pipe whose write end only
+  the worker holds.  When the worker dies, the kernel closes the pipe, ``read`` sees EOF and the
+  guard SIGKILLs the trainer's whole process group.  On an orderly end the worker writes ``ok`` first.
+
+stdout and stderr are read by asyncio tasks into ``logs/trainer.log`` (rotated by size) and an
+in-memory tail, numbered so reports can ship only the lines they have not shipped yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("relay.worker.launcher")
+
+PR_SET_PDEATHSIG = 1
+# bash, not sh: dash's kill cannot signal a process group ("-PGID" reads as an option)
+_GUARD_SCRIPT = 'read -r line; [[ $line == ok ]] && exit 0; kill -s KILL -- "-$1" 2>/dev/null; exit 0'
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover
+        return None
+
+
+_LIBC = _load_libc()  # loaded in the parent: the forked child must not load libraries
+
+
+def _pdeathsig_preexec(parent_pid: int):  # type: ignore[no-untyped-def]
+    """preexec_fn: die with the parent; and if the parent is already gone, do not start at all."""
+
+    def _fn() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(137)
+
+    return _fn
+
+
+# --------------------------------------------------------------------------------------------- logs
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    ts: float
+    stream: str  # "stdout" | "stderr" | "worker"
+    line: str
+
+
+class RotatingLog:
+    """Appends text to ``path``; when it passes ``max_bytes`` it becomes ``path.1`` (older ones shift)."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._size = self._fh.tell()
+
+    def write(self, text: str) -> None:
+        if self._fh.closed:
+            return
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+        except OSError as exc:  # a full volume must not stop training
+            log.warning("trainer log write failed: %s", exc)
+            return
+        self._size += len(text.encode("utf-8", errors="replace"))
+        if self._size >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._fh.close()
+        try:
+            if self.backups > 0:
+                for i in range(self.backups - 1, 0, -1):
+                    src = self.path.with_name(f"{self.path.name}.{i}")
+                    if src.exists():
+                        os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as exc:  # pragma: no cover
+            log.warning("trainer log rotation failed: %s", exc)
+        self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+class TrainerLog:
+    """The trainer's output: rotated file on the volume plus a numbered in-memory tail."""
+
+    def __init__(self, logs_dir: Path, *, max_bytes: int, backups: int, tail_lines: int = 300) -> None:
+        self.file = RotatingLog(logs_dir / "trainer.log", max_bytes, backups)
+        self._tail: deque[LogEntry] = deque(maxlen=tail_lines)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def add(self, stream: str, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if "\r" in line:  # progress bars redraw with \r: keep what was last shown
+            line = line.rsplit("\r", 1)[-1]
+        with self._lock:
+            self._seq += 1
+            self._tail.append(LogEntry(self._seq, time.time(), stream, line))
+            if stream == "worker":
+                self.file.write(f"[relay-worker] {line}\n")
+            else:
+                self.file.write(line + "\n")
+
+    def note(self, line: str) -> None:
+        """A worker message in the trainer's timeline (restarts, kills), so logs read as one story."""
+        self.add("worker", line)
+
+    def since(self, seq: int, limit: int = 200) -> list[LogEntry]:
+        with self._lock:
+            return [e for e in self._tail if e.seq > seq][-limit:]
+
+    def tail(self, n: int = 50, *, streams: Sequence[str] = ("stdout", "stderr")) -> list[str]:
+        with self._lock:
+            return [e.line for e in self._tail if e.stream in streams][-n:]
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ------------------------------------------------------------------------------------------ process
+
+
+class TrainerProcess:
+    """One trainer run: spawned, read, signalled as a group, guarded against the worker's death."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, guard: subprocess.Popen[bytes] | None, log_: TrainerLog
+    ) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.pgid = proc.pid  # start_new_session: the trainer leads its own session and group
+        self.started_at = time.monotonic()
+        self._guard = guard
+        self._log = log_
+        self._readers = [
+            asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
+            asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
+        ]
+        self._kill_timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._finished = False
+
+    @classmethod
+    async def start(
+        cls, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_: TrainerLog
+    ) -> TrainerProcess:
+        """Spawn ``argv``; must be awaited on the loop running in the worker's main thread (pdeathsig)."""
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("trainer spawned off the main thread: PR_SET_PDEATHSIG follows that thread")
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            cwd=str(cwd),
+            start_new_session=True,
+            preexec_fn=_pdeathsig_preexec(os.getpid()),
+            limit=1 << 20,
+        )
+        guard = None
+        try:
+            guard = subprocess.Popen(
+                [
+                    shutil.which("bash") or "/bin/bash",
+                    "-c",
+                    _GUARD_SCRIPT,
+                    "relay-trainer-guard",
+                    str(proc.pid),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:  # pdeathsig alone still covers the direct child
+            log.warning("could not start the trainer group guard: %s", exc)
+        return cls(proc, guard, log_)
+
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
+            return
+        buf = b""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                self._log.add(name, raw.decode("utf-8", errors="replace"))
+            if len(buf) > 65536:  # a very long line without newline: cut it
+                self._log.add(name, buf.decode("utf-8", errors="replace"))
+                buf = b""
+        if buf:
+            self._log.add(name, buf.decode("utf-8", errors="replace"))
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def signal_group(self, sig: int) -> bool:
+        """Signal every process of the trainer's group; False when none is left. Thread-safe."""
+        try:
+            os.killpg(self.pgid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - pgid reused by someone else's process
+            return False
+
+    def kill_now(self, grace_s: float) -> None:
+        """SIGTERM the group now and SIGKILL it after ``grace_s``; callable from any thread, idempotent."""
+        with self._lock:
+            if self._kill_timer is not None:
+                return
+            self.signal_group(signal.SIGTERM)
+            self._kill_timer = threading.Timer(grace_s, self.signal_group, args=(signal.SIGKILL,))
+            self._kill_timer.daemon = True
+            self._kill_timer.start()
+
+    async def wait(self) -> int:
+        """Wait for the trainer to exit; then kill stragglers of its group and drain its output."""
+        rc = await self.proc.wait()
+        self._finish()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._readers, return_exceptions=True), timeout=1.0)
+        for r in self._readers:
+            r.cancel()
+        return rc
+
+    async def stop(self, grace_s: float) -> int:
+        """SIGTERM the group, wait up to ``grace_s`` for the exit, then SIGKILL it."""
+        if self.proc.returncode is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                return await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout=grace_s)
+            except asyncio.TimeoutError:
+                log.warning("trainer pid %d ignored SIGTERM for %.1fs: SIGKILL", self.pid, grace_s)
+                self._log.note(f"trainer did not exit {grace_s:.1f}s after SIGTERM: SIGKILL")
+                self.signal_group(signal.SIGKILL)
+        return await self.wait()
+
+    def _finish(self) -> None:
+        """The leader is gone: SIGKILL what remains of its group and stand the guard down."""
+        if self._finished:
+            return
+        self._finished = True
+        self.signal_group(signal.SIGKILL)
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self.disarm_guard()
+
+    def disarm_guard(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            assert guard.stdin is not None
+            guard.stdin.write(b"ok\n")
+            guard.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            guard.wait(timeout=1.0)
+
+
+def trainer_argv(launcher_dir: Path, mode: str) -> list[str]:
+    """The command that starts a trainer of ``mode``: ``bash trainer_blackbox/launch_<mode>.sh``."""
+    script = launcher_dir / f"launch_{mode}.sh"
+    return ["/bin/bash", str(script)]

@@ -1,0 +1,229 @@
+"""Lease renewal and self-fencing: the worker stops training before anyone else may be granted the run.
+
+The commander grants a lease for ``ttl_s`` seconds, counted from when it handled the request.  The
+worker counts from when it *sent* the last successful request (never later than the commander's
+clock started), so its idea of the expiry is never later than the commander's.  Two things fence
+the worker, whichever comes first:
+
+- the commander answers 409 to a renew or a report: another epoch owns the run (``Fence.trip``
+  from the loop), or the remote refuses a push for the same reason (from the syncer's thread);
+- no renewal has succeeded for ``ttl - margin`` seconds (the commander is unreachable or paused,
+  the network is partitioned).  A *deadman thread* watches this deadline, so even an event loop
+  stalled behind something slow cannot keep a trainer alive past its lease.
+
+Tripping the fence kills the trainer's process group at once (SIGTERM, SIGKILL after a short
+grace), stops the syncer, and wakes the agent, which commits and syncs nothing more and exits
+non-zero.  ``margin`` is capped at a third of the TTL so short test TTLs still leave time to renew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("relay.worker.lease")
+
+
+class Fence:
+    """A one-way switch: once tripped (from any thread), every registered hook runs once and waiters wake."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._hooks: dict[str, Callable[[], Any]] = {}
+        self._event = asyncio.Event()
+        self.reason: str | None = None
+        self.tripped_at: float | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.reason is not None
+
+    def set_hook(self, name: str, fn: Callable[[], Any] | None) -> None:
+        """Register what to do on tripping; runs at once if already tripped (closes the launch race)."""
+        with self._lock:
+            if fn is None:
+                self._hooks.pop(name, None)
+                return
+            self._hooks[name] = fn
+            run_now = self.tripped
+        if run_now:
+            _safe(fn)
+
+    def trip(self, reason: str) -> bool:
+        """Fence the worker; True if this call did it. Safe from any thread."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self.reason = reason
+            self.tripped_at = time.time()
+            hooks = list(self._hooks.values())
+        log.error("FENCED: %s", reason)
+        for fn in hooks:
+            _safe(fn)
+        try:
+            self._loop.call_soon_threadsafe(self._event.set)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+        return True
+
+    async def wait(self) -> str:
+        await self._event.wait()
+        assert self.reason is not None
+        return self.reason
+
+
+def _safe(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # pragma: no cover - a hook must never stop the others
+        log.exception("fence hook failed")
+
+
+def effective_margin(ttl_s: float, safety_margin_s: float) -> float:
+    """The self-fencing margin actually used: the configured one, at most a third of the TTL."""
+    return max(0.0, min(safety_margin_s, ttl_s / 3.0))
+
+
+class LeaseKeeper:
+    """Renews one lease every ``renew_interval_s`` and fences the worker when it can no longer prove it holds it."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_id: str,
+        epoch: int,
+        ttl_s: float,
+        renew_interval_s: float,
+        safety_margin_s: float,
+        fence: Fence,
+        granted_sent_at: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.lease_id = lease_id
+        self.epoch = epoch
+        self.ttl_s = ttl_s
+        self.renew_interval_s = max(0.05, renew_interval_s)
+        self._configured_margin_s = safety_margin_s
+        self.margin_s = effective_margin(ttl_s, safety_margin_s)
+        self.fence = fence
+        self.clock = clock
+        self.cancel_requested = asyncio.Event()
+        self.renewals = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._last_ok_sent = granted_sent_at
+        self._deadline = granted_sent_at + ttl_s - self.margin_s
+        self._stop = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- deadline ---------------------------------------------------------------------------------
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time at which the worker fences itself unless a renewal succeeds first."""
+        with self._lock:
+            return self._deadline
+
+    def remaining_s(self) -> float:
+        return self.deadline - self.clock()
+
+    def _renewed(self, sent_at: float, ttl_s: float) -> None:
+        with self._lock:
+            if sent_at > self._last_ok_sent:
+                self._last_ok_sent = sent_at
+                self.ttl_s = ttl_s
+                self.margin_s = effective_margin(ttl_s, self._configured_margin_s)
+                self._deadline = sent_at + ttl_s - self.margin_s
+
+    def _deadman(self) -> None:
+        while not self._stop.is_set():
+            remaining = self.remaining_s()
+            if remaining <= 0:
+                with self._lock:
+                    silent = self.clock() - self._last_ok_sent
+                self.fence.trip(
+                    f"no successful lease renewal for {silent:.1f}s (ttl {self.ttl_s:g}s minus margin "
+                    f"{self.margin_s:g}s); last error: {self.last_error or 'none'}"
+                )
+                return
+            self._stop.wait(min(remaining, 1.0))
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._deadman, name="relay-lease-deadman", daemon=True)
+        self._thread.start()
+        self._task = asyncio.ensure_future(self._renew_loop())
+
+    async def stop(self) -> None:
+        """Stop renewing (just before release, or after fencing)."""
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _request(self) -> Any:
+        from relay.schema import RenewRequest
+
+        return RenewRequest(
+            run_id=self.run_id, worker_id=self.worker_id, lease_id=self.lease_id, epoch=self.epoch
+        )
+
+    async def _renew_loop(self) -> None:
+        from relay.client import CommanderError, Fenced
+
+        req = self._request()
+        delay = self.renew_interval_s
+        while not self._stop.is_set() and not self.fence.tripped:
+            await asyncio.sleep(delay)
+            if self._stop.is_set() or self.fence.tripped:
+                return
+            sent = self.clock()
+            budget = max(0.05, self.deadline - sent)
+            try:
+                resp = await asyncio.wait_for(
+                    self.client.renew(req), timeout=min(budget, max(1.0, self.ttl_s))
+                )
+            except Fenced as exc:
+                self.fence.trip(f"the commander refused the lease renewal: {exc}")
+                return
+            except (CommanderError, asyncio.TimeoutError, OSError) as exc:
+                self.failures += 1
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning(
+                    "lease renewal failed (%s); %.1fs left before self-fencing",
+                    self.last_error,
+                    self.remaining_s(),
+                )
+                # retry sooner than the interval, but not in a tight loop
+                delay = min(self.renew_interval_s, max(0.1, self.remaining_s() / 4)) * random.uniform(
+                    0.8, 1.0
+                )
+                continue
+            if not getattr(resp, "ok", True):
+                self.fence.trip("the commander answered the renewal with ok=false")
+                return
+            self.renewals += 1
+            self.last_error = None
+            self._renewed(sent, float(resp.ttl_s))
+            if resp.cancel_requested and not self.cancel_requested.is_set():
+                log.info("the commander asks to cancel run %s", self.run_id)
+                self.cancel_requested.set()
+            delay = self.renew_interval_s

@@ -1,0 +1,177 @@
+"""Best-effort progress reports to the commander: step, metrics, checkpoints, events, log lines.
+
+Reports are how ``relayctl status`` and the run's timeline learn what a pod is doing, but training
+never depends on them: a report that fails is retried on the next tick, a report the commander
+refuses as malformed is dropped, and only a 409 (this lease is no longer current) matters, because
+it means another epoch owns the run, so it fences the worker.
+
+Events go out one per report, oldest first, as soon as they are emitted (the reporter is woken),
+and are acknowledged in the :class:`~relay.worker.events.EventLog` only once the commander took
+them.  ``acquired``, the release outcomes and ``fenced`` are not reported: the commander records
+the first two itself from the lease calls, and a fenced worker's reports would be refused anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from relay.worker.events import EventLog, describe
+from relay.worker.launcher import TrainerLog
+from relay.worker.lease_keeper import Fence
+
+log = logging.getLogger("relay.worker.reporter")
+
+NOT_REPORTED = frozenset({"acquired", "preempted", "completed", "failed", "cancelled", "fenced"})
+_MAX_LOG_LINES = 200
+
+
+def event_message(record: dict[str, Any]) -> str:
+    """An event's fields as one short line for the commander's timeline."""
+    return describe(record)
+
+
+class Reporter:
+    """Sends reports every ``interval_s`` and whenever an event is emitted."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_id: str,
+        epoch: int,
+        events: EventLog,
+        trainer_log: TrainerLog,
+        fence: Fence,
+        interval_s: float,
+        request_timeout_s: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.lease_id = lease_id
+        self.epoch = epoch
+        self.events = events
+        self.trainer_log = trainer_log
+        self.fence = fence
+        self.interval_s = interval_s
+        self.request_timeout_s = request_timeout_s
+        self.step = 0
+        self.metrics: dict[str, float] | None = None
+        self.checkpoint: tuple[int, str, str | None] | None = None
+        self.remote_step: int | None = None
+        self.sent = 0
+        self.failures = 0
+        self._log_seq = 0
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        events.add_listener(lambda _record: self.wake())
+
+    def wake(self) -> None:
+        """Send soon (thread-safe: events are emitted from the syncer's thread too)."""
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def flush(self, timeout_s: float) -> None:
+        """Send queued events and new log lines now, bounded by ``timeout_s`` (before a release)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._send_all(force=True), timeout=max(0.05, timeout_s))
+
+    async def _run(self) -> None:
+        while not self.fence.tripped:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+            self._wake.clear()
+            if self.fence.tripped:
+                return
+            await self._send_all(force=True)
+
+    async def _send_all(self, *, force: bool) -> None:
+        async with self._lock:
+            # events first, one report each; the last one also carries the periodic data
+            while not self.fence.tripped:
+                record = self.events.take_pending()
+                if record is None:
+                    break
+                if record["event"] in NOT_REPORTED:
+                    self.events.ack(record)
+                    continue
+                if not await self._send(record):
+                    return
+                self.events.ack(record)
+            if force and not self.fence.tripped:
+                await self._send(None)
+
+    def _request(self, record: dict[str, Any] | None) -> Any:
+        from relay.schema import CheckpointRef, LogLine, ReportRequest
+
+        lines = self.trainer_log.since(self._log_seq, limit=_MAX_LOG_LINES)
+        step = self.step
+        if record is not None and isinstance(record.get("step"), int):
+            step = max(step, record["step"])
+        ckpt = None
+        if self.checkpoint is not None:
+            ckpt = CheckpointRef(
+                step=self.checkpoint[0], path=self.checkpoint[1], remote_revision=self.checkpoint[2]
+            )
+        req = ReportRequest(
+            worker_id=self.worker_id,
+            lease_id=self.lease_id,
+            epoch=self.epoch,
+            step=max(0, int(step)),
+            metrics=dict(self.metrics) if self.metrics else None,
+            checkpoint=ckpt,
+            remote_step=self.remote_step,
+            event=record["event"] if record is not None else None,
+            message=event_message(record) if record is not None else None,
+            log_tail=[LogLine(ts=e.ts, stream=e.stream, line=e.line[:16000]) for e in lines] or None,
+        )
+        return req, (lines[-1].seq if lines else None)
+
+    async def _send(self, record: dict[str, Any] | None) -> bool:
+        """One report; True when the commander took it (or refused it for good)."""
+        from relay.client import BadRequest, CommanderError, Fenced
+
+        try:
+            req, last_seq = self._request(record)
+        except Exception as exc:  # a malformed local value must not stop the reports
+            log.warning("could not build a report: %s", exc)
+            return True
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self.client.report(self.run_id, req), timeout=self.request_timeout_s)
+        except Fenced as exc:
+            self.fence.trip(f"the commander refused a progress report: {exc}")
+            return False
+        except BadRequest as exc:
+            log.warning("the commander refused a report as malformed (dropped): %s", exc)
+            if last_seq is not None:
+                self._log_seq = last_seq
+            return True
+        except (CommanderError, asyncio.TimeoutError, OSError) as exc:
+            self.failures += 1
+            log.info("report failed after %.1fs (will retry): %s", time.monotonic() - started, exc)
+            return False
+        self.sent += 1
+        if last_seq is not None:
+            self._log_seq = last_seq
+        return True

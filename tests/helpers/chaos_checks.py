@@ -1,0 +1,540 @@
+"""The invariants of a chaos run, checked from what the processes recorded (shared by tests/chaos and the soak).
+
+Sources: the mock trainers' own logs (every start, step and save, with pid, epoch and timestamp), the
+pid watcher (when each trainer was first seen dead), the workers' ``events.jsonl`` on every volume,
+the commander's events, the remote's state.json, and the driver's log of what it did.
+
+The invariants, each with a name used in :class:`Violation`:
+
+- ``overlap``: two trainers of one run alive at once. For trainers of a run ordered by start, every
+  earlier trainer was *seen dead* (an upper bound of its death) before the later one logged its start,
+  which the mock does before any step or write. Stronger than comparing step timestamps: a trainer
+  that stopped stepping but still lives (saving, or ignoring SIGTERM) counts as alive.
+- ``trainer_outlived``: a trainer still alive after every worker stopped.
+- ``trainer_without_lease``: a trainer ran under an epoch its worker was never granted.
+- ``epoch_order`` / ``duplicate_epoch``: grants (the commander's and the workers' own events) carry
+  strictly increasing epochs, never the same one twice; trainers start in non-decreasing epochs.
+- ``stale_report_accepted``: the commander recorded a worker's report of epoch e after it granted a
+  later epoch (a fenced-off worker's late report must be refused).
+- ``closed_run_granted``: a run trained again after it completed.
+- ``resume_unverified``: a trainer resumed from something other than a checkpoint a trainer of this
+  run had completely written (COMPLETE) before, whose directory names the step it resumed at, as the
+  worker's ``resumed`` event says.
+- ``resume_not_newest``: a new epoch resumed from older than what was durable when it was granted:
+  a checkpoint synced to the remote, or completely written on the volume it runs on.
+- ``graceful_loss``: the epoch after a graceful preemption (SIGTERM: save, commit, sync, release)
+  resumed before the last step the preempted trainer ran.
+- ``hard_loss``: after a hard end (SIGKILL, fencing) the next epoch, on the *same volume*, lost more
+  than one checkpoint interval. (On another volume the bound is ``resume_not_newest``: what the dead
+  pod had not uploaded yet is gone with it; the figures report those losses separately.)
+- ``incomplete``: an expected run did not complete with the right final step everywhere.
+- ``worker_crash``: a worker exited with an unexpected code (internal error, failed run, config).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FENCING_KINDS = frozenset(
+    {
+        "overlap",
+        "trainer_outlived",
+        "trainer_without_lease",
+        "epoch_order",
+        "duplicate_epoch",
+        "stale_report_accepted",
+        "closed_run_granted",
+    }
+)
+END_EVENTS = ("preempted", "completed", "failed", "cancelled", "fenced")
+REPORTED_EVENTS = frozenset(
+    {
+        "resumed",
+        "trainer_started",
+        "checkpoint_committed",
+        "checkpoint_synced",
+        "sync_failed",
+        "hang_detected",
+        "trainer_restarted",
+    }
+)
+_STEP_DIR = re.compile(r"step_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    run_id: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.run_id or '-'}: {self.detail}"
+
+
+@dataclass
+class Life:
+    """One trainer process: what it logged and when it was seen dead."""
+
+    worker_id: str
+    volume: str
+    pid: int
+    run_id: str
+    epoch: int
+    start_ts: float
+    start_step: int
+    resume_from: str
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    saves: list[tuple[int, float]] = field(default_factory=list)
+    exit: dict[str, Any] | None = None
+    death_ts: float | None = None
+
+    @property
+    def last_step(self) -> int:
+        return max([s for s, _ in self.steps], default=self.start_step)
+
+
+@dataclass
+class Segment:
+    """Everything one epoch of one run did: its trainers, how it started and how it ended."""
+
+    run_id: str
+    epoch: int
+    worker_id: str
+    volume: str
+    lives: list[Life]
+    acquired_ts: float | None
+    end: str  # graceful, completed, failed, cancelled, fenced, killed, vanished
+
+    @property
+    def resume_step(self) -> int:
+        return self.lives[0].start_step
+
+    @property
+    def last_step(self) -> int:
+        return max(life.last_step for life in self.lives)
+
+
+@dataclass
+class Loss:
+    run_id: str
+    epoch: int  # the epoch that ended
+    end: str
+    lost: int
+    same_volume: bool
+
+
+@dataclass
+class ChaosReport:
+    violations: list[Violation] = field(default_factory=list)
+    runs_expected: int = 0
+    runs_completed: int = 0
+    kills: Counter[str] = field(default_factory=Counter)  # "SIGKILL/after_save" -> n
+    losses: list[Loss] = field(default_factory=list)
+    ends: Counter[str] = field(default_factory=Counter)
+    fenced_reasons: list[str] = field(default_factory=list)
+    exit_codes: Counter[int] = field(default_factory=Counter)
+    commander_restarts: int = 0
+    partitions: int = 0
+    trainers: int = 0
+    epochs: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def fencing_violations(self) -> int:
+        return sum(1 for v in self.violations if v.kind in FENCING_KINDS)
+
+    @property
+    def kills_injected(self) -> int:
+        return sum(self.kills.values())
+
+    def max_lost(self, *, hard: bool = True, same_volume: bool | None = None) -> int:
+        ends = {"killed", "fenced", "vanished", "failed"} if hard else {"graceful"}
+        vals = [
+            loss.lost
+            for loss in self.losses
+            if loss.end in ends and (same_volume is None or loss.same_volume == same_volume)
+        ]
+        return max(vals, default=0)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "duration_s": round(self.duration_s, 1),
+            "runs_expected": self.runs_expected,
+            "runs_completed": self.runs_completed,
+            "kills_injected": self.kills_injected,
+            "kills_by_kind": dict(sorted(self.kills.items())),
+            "epochs": self.epochs,
+            "trainers": self.trainers,
+            "epoch_ends": dict(sorted(self.ends.items())),
+            "fencing_violations": self.fencing_violations,
+            "violations": len(self.violations),
+            "max_steps_lost_one_hard_kill": self.max_lost(hard=True),
+            "max_steps_lost_hard_kill_same_volume": self.max_lost(hard=True, same_volume=True),
+            "max_steps_lost_hard_kill_other_volume": self.max_lost(hard=True, same_volume=False),
+            "max_steps_lost_graceful": self.max_lost(hard=False),
+            "commander_restarts_survived": self.commander_restarts,
+            "partitions": self.partitions,
+            "worker_exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items())},
+        }
+
+    def summary(self) -> str:
+        lines = [f"{k}: {v}" for k, v in self.figures().items()]
+        lines += [f"fenced: {r}" for r in self.fenced_reasons[:10]]
+        lines += [f"VIOLATION {v}" for v in self.violations[:50]]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def build_lives(mock_records: list[dict[str, Any]], deaths: dict[tuple[int, float], float | None]) -> list[Life]:
+    """Trainer lives from the mock logs (records in file order, one file per worker)."""
+    lives: list[Life] = []
+    current: dict[tuple[str, int], Life] = {}
+    for rec in mock_records:
+        worker = rec["_worker_id"]
+        pid = int(rec.get("pid", -1))
+        event = rec.get("event")
+        if event == "start":
+            life = Life(
+                worker_id=worker,
+                volume=rec["_volume"],
+                pid=pid,
+                run_id=str(rec.get("run_id")),
+                epoch=int(rec.get("epoch") or 0),
+                start_ts=float(rec["ts"]),
+                start_step=int(rec.get("step") or 0),
+                resume_from=str(rec.get("resume_from") or ""),
+            )
+            life.death_ts = deaths.get((pid, life.start_ts))
+            lives.append(life)
+            current[(worker, pid)] = life
+            continue
+        life = current.get((worker, pid))
+        if life is None:
+            continue
+        if event == "step":
+            life.steps.append((int(rec["step"]), float(rec["ts"])))
+        elif event == "save":
+            life.saves.append((int(rec["step"]), float(rec["ts"])))
+        elif event == "exit":
+            life.exit = rec
+    return lives
+
+
+def check(
+    *,
+    mock_records: list[dict[str, Any]],
+    deaths: dict[tuple[int, float], float | None],
+    worker_events: list[dict[str, Any]],
+    workers: list[dict[str, Any]],
+    commander_runs: dict[str, dict[str, Any]],
+    remote_states: dict[str, dict[str, Any] | None],
+    expected_runs: list[str],
+    max_steps: int,
+    save_steps: int,
+    actions: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> ChaosReport:
+    """Check every invariant; the report holds the violations and the figures."""
+    rep = ChaosReport()
+    v = rep.violations
+    lives = build_lives(mock_records, deaths)
+    rep.trainers = len(lives)
+    workers_by_id = {w["worker_id"]: w for w in workers}
+
+    for a in actions:
+        if a.get("action") == "signal" and not str(a.get("moment", "")).startswith("shutdown"):
+            rep.kills[f"{a['signal']}/{a.get('moment', 'random')}"] += 1
+        elif a.get("action") == "commander_up":
+            rep.commander_restarts += 1
+        elif a.get("action") == "partition":
+            rep.partitions += 1
+
+    events_by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for ev in worker_events:
+        events_by_run[str(ev.get("run_id"))].append(ev)
+    lives_by_run: dict[str, list[Life]] = defaultdict(list)
+    for life in lives:
+        lives_by_run[life.run_id].append(life)
+
+    for w in workers:
+        code = w.get("exit_code")
+        rep.exit_codes[code if code is not None else 999] += 1
+        # SIGTERM's default action (before the worker installed its handler, or after it removed it on
+        # the way out) is harmless only while the worker holds no lease
+        mine = [e for e in worker_events if e.get("worker_id") == w["worker_id"]]
+        held = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") == "acquired"}
+        ended = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") in END_EVENTS}
+        ok = code in (0, 3, -9) or (code == -15 and held <= ended)
+        if not ok:
+            tail = _tail(Path(w["log_path"]))
+            v.append(Violation("worker_crash", w.get("run_id"), f"worker {w['worker_id']} exited {code}: {tail}"))
+
+    for run_id in sorted(set(events_by_run) | set(lives_by_run) | set(expected_runs)):
+        _check_run(
+            rep,
+            run_id,
+            lives_by_run.get(run_id, []),
+            events_by_run.get(run_id, []),
+            commander_runs.get(run_id),
+            workers_by_id,
+            save_steps,
+        )
+
+    rep.runs_expected = len(expected_runs)
+    for run_id in expected_runs:
+        problems = _completion(run_id, lives_by_run.get(run_id, []), commander_runs.get(run_id), remote_states.get(run_id), max_steps)
+        if problems:
+            v.append(Violation("incomplete", run_id, "; ".join(problems)))
+        else:
+            rep.runs_completed += 1
+    for ev in worker_events:
+        if ev.get("event") == "fenced":
+            rep.fenced_reasons.append(f"{ev.get('run_id')} epoch {ev.get('epoch')}: {ev.get('message')}")
+    return rep
+
+
+def _tail(path: Path, n: int = 6) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:])
+
+
+def _check_run(
+    rep: ChaosReport,
+    run_id: str,
+    lives: list[Life],
+    events: list[dict[str, Any]],
+    detail: dict[str, Any] | None,
+    workers: dict[str, dict[str, Any]],
+    save_steps: int,
+) -> None:
+    v = rep.violations
+    lives = sorted(lives, key=lambda life: life.start_ts)
+
+    # -- mutual exclusion: every earlier trainer was seen dead before a later one started
+    latest_death, latest_who = float("-inf"), None
+    for life in lives:
+        if life.death_ts is None:
+            v.append(Violation("trainer_outlived", run_id, f"trainer pid {life.pid} (epoch {life.epoch}, {life.worker_id}) still alive after every worker stopped"))
+        if latest_who is not None and latest_death >= life.start_ts:
+            v.append(
+                Violation(
+                    "overlap",
+                    run_id,
+                    f"trainer pid {life.pid} (epoch {life.epoch}, {life.worker_id}) started at {life.start_ts:.3f} "
+                    f"while {latest_who} was alive until {latest_death:.3f}",
+                )
+            )
+        death = life.death_ts if life.death_ts is not None else float("inf")
+        if death >= latest_death:
+            latest_death, latest_who = death, f"pid {life.pid} (epoch {life.epoch}, {life.worker_id})"
+    for prev, nxt in zip(lives, lives[1:]):
+        if nxt.epoch < prev.epoch:
+            v.append(Violation("epoch_order", run_id, f"trainer of epoch {nxt.epoch} started after one of epoch {prev.epoch}"))
+
+    # -- grants: strictly increasing epochs, none twice (workers' events and the commander's)
+    acquired = sorted((e for e in events if e.get("event") == "acquired"), key=lambda e: e["ts"])
+    _strictly_increasing(v, run_id, [(e["epoch"], e["worker_id"]) for e in acquired], "worker events")
+    grant_of: dict[int, dict[str, Any]] = {}
+    for e in acquired:
+        grant_of.setdefault(int(e["epoch"]), e)
+    if detail is not None:
+        cmd_events = detail.get("events") or []
+        cmd_acq = sorted((e for e in cmd_events if e.get("name") == "acquired"), key=lambda e: e["ts"])
+        _strictly_increasing(v, run_id, [(e["epoch"], e.get("worker_id")) for e in cmd_acq], "commander events")
+        granted_at = {int(e["epoch"]): float(e["ts"]) for e in cmd_acq}
+        for e in cmd_events:
+            if e.get("name") not in REPORTED_EVENTS:
+                continue
+            later = [ts for ep, ts in granted_at.items() if ep > int(e["epoch"])]
+            if later and float(e["ts"]) > min(later):
+                v.append(
+                    Violation(
+                        "stale_report_accepted",
+                        run_id,
+                        f"commander recorded {e['name']} of epoch {e['epoch']} from {e.get('worker_id')} at "
+                        f"{e['ts']:.3f}, after granting a later epoch at {min(later):.3f}",
+                    )
+                )
+
+    # -- segments: one per epoch that ran a trainer
+    by_epoch: dict[int, list[Life]] = defaultdict(list)
+    for life in lives:
+        by_epoch[life.epoch].append(life)
+    segments: list[Segment] = []
+    for epoch in sorted(by_epoch):
+        group = by_epoch[epoch]
+        owners = {life.worker_id for life in group}
+        if len(owners) > 1:
+            v.append(Violation("duplicate_epoch", run_id, f"epoch {epoch} trained by several workers: {sorted(owners)}"))
+        worker_id = group[0].worker_id
+        grant = grant_of.get(epoch)
+        if grant is None or grant.get("worker_id") != worker_id:
+            v.append(Violation("trainer_without_lease", run_id, f"{worker_id} ran a trainer under epoch {epoch} without that grant"))
+        ends = [e for e in events if e.get("epoch") == epoch and e.get("worker_id") == worker_id and e.get("event") in END_EVENTS]
+        end = _end_of(ends, workers.get(worker_id, {}))
+        rep.ends[end] += 1
+        segments.append(Segment(run_id, epoch, worker_id, group[0].volume, group, grant["ts"] if grant else None, end))
+        _check_resume(v, run_id, group, events, lives)
+    rep.epochs += len({int(e["epoch"]) for e in acquired})
+
+    # -- what each new epoch resumed from, against what the previous one reached and what was durable
+    synced = [(int(e["step"]), float(e["ts"])) for e in events if e.get("event") == "checkpoint_synced" and "step" in e]
+    for prev, nxt in zip(segments, segments[1:]):
+        lost = prev.last_step - nxt.resume_step
+        same = prev.volume == nxt.volume
+        rep.losses.append(Loss(run_id, prev.epoch, prev.end, lost, same))
+        if prev.end == "completed":
+            v.append(Violation("closed_run_granted", run_id, f"epoch {nxt.epoch} trained after epoch {prev.epoch} completed"))
+        elif prev.end == "graceful" and lost > 0:
+            v.append(
+                Violation(
+                    "graceful_loss",
+                    run_id,
+                    f"epoch {prev.epoch} was preempted gracefully at step {prev.last_step}, epoch {nxt.epoch} "
+                    f"resumed at {nxt.resume_step} ({lost} steps lost, {'same' if same else 'another'} volume)",
+                )
+            )
+        elif prev.end != "graceful" and same and lost > save_steps:
+            v.append(
+                Violation(
+                    "hard_loss",
+                    run_id,
+                    f"epoch {prev.epoch} ended {prev.end} at step {prev.last_step}; epoch {nxt.epoch} on the same "
+                    f"volume resumed at {nxt.resume_step}: {lost} steps lost > one interval ({save_steps})",
+                )
+            )
+    for nxt in segments:
+        if nxt.acquired_ts is None:
+            continue
+        durable = [s for s, ts in synced if ts < nxt.acquired_ts]
+        durable += [
+            s
+            for life in lives
+            if life.volume == nxt.volume and life.start_ts < nxt.acquired_ts
+            for s, ts in life.saves
+            if ts < nxt.acquired_ts
+        ]
+        newest = max(durable, default=0)
+        if nxt.resume_step < newest:
+            v.append(
+                Violation(
+                    "resume_not_newest",
+                    run_id,
+                    f"epoch {nxt.epoch} ({nxt.worker_id}) resumed at step {nxt.resume_step}, but step {newest} was "
+                    "durable (synced, or complete on its volume) when it was granted",
+                )
+            )
+
+
+def _strictly_increasing(v: list[Violation], run_id: str, grants: list[tuple[int, Any]], where: str) -> None:
+    seen: dict[int, Any] = {}
+    last = None
+    for epoch, who in grants:
+        epoch = int(epoch)
+        if epoch in seen:
+            v.append(Violation("duplicate_epoch", run_id, f"epoch {epoch} granted twice ({seen[epoch]}, {who}) in {where}"))
+        elif last is not None and epoch <= last:
+            v.append(Violation("epoch_order", run_id, f"epoch {epoch} granted after epoch {last} in {where}"))
+        seen.setdefault(epoch, who)
+        last = epoch if last is None else max(last, epoch)
+
+
+def _end_of(ends: list[dict[str, Any]], worker: dict[str, Any]) -> str:
+    if ends:
+        last = ends[-1]["event"]
+        return "graceful" if last == "preempted" else last
+    if any(sig == "SIGKILL" for _, sig in worker.get("signals", [])) or worker.get("exit_code") == -9:
+        return "killed"
+    return "vanished"
+
+
+def _check_resume(
+    v: list[Violation], run_id: str, group: list[Life], events: list[dict[str, Any]], all_lives: list[Life]
+) -> None:
+    first = group[0]
+    resumed = [e for e in events if e.get("event") == "resumed" and e.get("epoch") == first.epoch and e.get("worker_id") == first.worker_id]
+    if not resumed:
+        v.append(Violation("resume_unverified", run_id, f"epoch {first.epoch}: no resumed event from {first.worker_id}"))
+    else:
+        ev = resumed[0]
+        source, step = ev.get("source"), int(ev.get("step") or 0)
+        if step != first.start_step or (source == "cold_start") != (first.start_step == 0) or source not in ("local", "remote", "cold_start"):
+            v.append(
+                Violation(
+                    "resume_unverified",
+                    run_id,
+                    f"epoch {first.epoch}: worker resumed {source} at step {step}, its trainer started at {first.start_step}",
+                )
+            )
+    for life in group:
+        if life.start_step == 0:
+            if life.resume_from:
+                v.append(Violation("resume_unverified", run_id, f"pid {life.pid} started at step 0 from {life.resume_from}"))
+            continue
+        m = _STEP_DIR.search(life.resume_from.rstrip("/"))
+        if m is None or int(m.group(1)) != life.start_step:
+            v.append(
+                Violation("resume_unverified", run_id, f"pid {life.pid} resumed at step {life.start_step} from {life.resume_from!r}")
+            )
+        written = any(s == life.start_step and ts < life.start_ts for other in all_lives for s, ts in other.saves)
+        if not written:
+            v.append(
+                Violation(
+                    "resume_unverified",
+                    run_id,
+                    f"pid {life.pid} (epoch {life.epoch}) resumed at step {life.start_step}, a checkpoint no trainer had completed",
+                )
+            )
+
+
+def _completion(
+    run_id: str, lives: list[Life], detail: dict[str, Any] | None, remote: dict[str, Any] | None, max_steps: int
+) -> list[str]:
+    problems = []
+    if detail is None:
+        return ["the commander does not know the run"]
+    if detail.get("status") != "completed":
+        problems.append(f"status {detail.get('status')} ({detail.get('detail')})")
+    if detail.get("step") != max_steps:
+        problems.append(f"commander step {detail.get('step')} != {max_steps}")
+    ckpt = detail.get("latest_checkpoint") or {}
+    if ckpt.get("step") != max_steps:
+        problems.append(f"commander latest checkpoint {ckpt.get('step')} != {max_steps}")
+    if remote is None or remote.get("step") != max_steps:
+        problems.append(f"remote state step {None if remote is None else remote.get('step')} != {max_steps}")
+    trained = {s for life in lives for s, _ in life.steps}
+    missing = sorted(set(range(1, max_steps + 1)) - trained)
+    if missing:
+        problems.append(f"steps never trained: {missing[:10]}{'...' if len(missing) > 10 else ''}")
+    if lives:
+        last = max(lives, key=lambda life: life.start_ts)
+        if last.exit is None or last.exit.get("reason") != "done" or last.exit.get("step") != max_steps:
+            problems.append(f"the last trainer did not finish at step {max_steps}: {last.exit}")
+    return problems
+
+
+def check_artifacts(art: Any) -> ChaosReport:
+    """:func:`check` over a :class:`tests.helpers.chaos_cluster.ChaosArtifacts`."""
+    deaths = {(t.pid, t.start_ts): t.death_ts for t in art.trainers}
+    rep = check(
+        mock_records=art.mock_records(),
+        deaths=deaths,
+        worker_events=art.worker_events(),
+        workers=art.workers,
+        commander_runs=art.runs,
+        remote_states=art.remote_states,
+        expected_runs=art.expected_runs,
+        max_steps=art.settings.max_steps,
+        save_steps=art.settings.save_steps,
+        actions=art.actions,
+    )
+    rep.duration_s = art.finished_ts - art.started_ts
+    return rep

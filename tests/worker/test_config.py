@@ -1,0 +1,89 @@
+"""WorkerConfig: file + env overrides, one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, env_names, env_reference_markdown, load_config
+
+BASE = {"COMMANDER_URL": "http://127.0.0.1:9"}
+
+
+def test_repo_example_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "run.yaml", env={})
+    assert cfg.mode in ("sft", "rl")
+    assert cfg.train
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text("commander_url: http://a:1\nrun_id: r1\nmax_restarts: 1\ntrain: {max_steps: 3}\n")
+    cfg = load_config(
+        None, env={"RELAY_RUN_CONFIG": str(f), "MAX_RESTARTS": "7", "TRAIN": '{"max_steps": 9}'}
+    )
+    assert cfg.run_id == "r1"
+    assert cfg.max_restarts == 7
+    assert cfg.train == {"max_steps": 9}
+    # an empty env value clears an optional key: RUN_ID="" means "take the next waiting run"
+    assert load_config(f, env={"RUN_ID": ""}).run_id is None
+
+
+def test_defaults_and_shorthands() -> None:
+    cfg = load_config(
+        None, env={**BASE, "HF_REPO": "me/ckpts", "HF_TOKEN": "hf_SeCrEt123", "RELAY_SHARED_SECRET": "s"}
+    )
+    assert cfg.remote == "hf://me/ckpts"
+    assert cfg.ckpt_keep_last_n == 3 and cfg.grace_s == 60 and str(cfg.relay_root) == "/mnt/relay"
+    assert cfg.worker_id and cfg.worker_id != load_config(None, env=BASE).worker_id  # random suffix
+    assert cfg.token() == "hf_SeCrEt123" and cfg.secret() == "s"
+    assert "hf_SeCrEt123" not in repr(cfg) and cfg.public_dict()["hf_token"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "fragment"),
+    [
+        ({}, "commander_url", "required"),
+        ({**BASE, "COMMANDER_URL": "ftp://x"}, "commander_url", "http://"),
+        ({**BASE, "MAX_RESTARTS": "many"}, "max_restarts", "integer"),
+        ({**BASE, "RUN_ID": "../etc"}, "run_id", "A-Z"),
+        ({**BASE, "MODE": "pretrain"}, "mode", "sft"),
+        ({**BASE, "RELAY_REMOTE": "s3://b"}, "remote", "hf://"),
+        ({**BASE, "RELAY_REMOTE": "file://relative"}, "remote", "absolute"),
+        ({**BASE, "HF_REPO": "a/b", "RELAY_REMOTE": "file:///x"}, "hf_repo", "conflicts"),
+        ({**BASE, "GRACE_S": "-1"}, "grace_s", "greater than 0"),
+        ({**BASE, "TRAIN": "[1, 2]"}, "train", "dictionary"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(env: dict[str, str], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert info.value.key == key
+    assert key in msg and fragment in msg
+
+
+def test_file_problems(tmp_path: Path) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text("commander_url: http://a:1\nmax_restartz: 2\n")
+    with pytest.raises(ConfigError, match="max_restartz.*unknown key"):
+        load_config(f, env={})
+    f.write_text("commander_url: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML: line"):
+        load_config(f, env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", env={})
+    f.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(f, env={})
+
+
+def test_every_key_has_an_env_var_and_a_description() -> None:
+    names = env_names()
+    assert names["remote"] == "RELAY_REMOTE" and names["grace_s"] == "GRACE_S"
+    ref = env_reference_markdown()
+    for var in names.values():
+        assert f"`{var}`" in ref
+    assert "| `COMMANDER_URL` |" in ref
