@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         format=f"%(asctime)s relay-worker[{cfg.worker_id}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpcore", "huggingface_hub", "filelock"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     with contextlib.suppress(
         AttributeError, ValueError, OSError
     ):  # `kill -USR1 <pid>`: dump every thread's stack

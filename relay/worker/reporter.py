@@ -94,7 +94,7 @@ class Reporter:
     async def flush(self, timeout_s: float) -> None:
         """Send queued events and new log lines now, bounded by ``timeout_s`` (before a release)."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._send_all(force=True), timeout=max(0.05, timeout_s))
+            await asyncio.wait_for(self._send_all(), timeout=max(0.05, timeout_s))
 
     async def _run(self) -> None:
         while not self.fence.tripped:
@@ -103,11 +103,12 @@ class Reporter:
             self._wake.clear()
             if self.fence.tripped:
                 return
-            await self._send_all(force=True)
+            await self._send_all()
 
-    async def _send_all(self, *, force: bool) -> None:
+    async def _send_all(self) -> None:
         async with self._lock:
-            # events first, one report each; the last one also carries the periodic data
+            # events first, one report each (each also carries step, metrics and new log lines)
+            sent = False
             while not self.fence.tripped:
                 record = self.events.take_pending()
                 if record is None:
@@ -118,7 +119,8 @@ class Reporter:
                 if not await self._send(record):
                     return
                 self.events.ack(record)
-            if force and not self.fence.tripped:
+                sent = True
+            if not self.fence.tripped and (not sent or self.trainer_log.last_seq > self._log_seq):
                 await self._send(None)
 
     def _request(self, record: dict[str, Any] | None) -> Any:

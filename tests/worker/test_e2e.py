@@ -139,7 +139,11 @@ def test_trainer_env_and_cuda_oom_is_named(tmp_path: Path, commander_factory: An
         run_id="oom",
         worker_id="pod-o",
         train={"model": "tiny", "lr": 0.001},
-        settings={"max_restarts": 0, "relay_trainer_dir": launchers, "relay_shared_secret": "not-for-trainers"},
+        settings={
+            "max_restarts": 0,
+            "relay_trainer_dir": launchers,
+            "relay_shared_secret": "not-for-trainers",
+        },
     ).start()
     assert w.wait(30) == 4, w.output()
     assert w.events()[-1]["oom"] is True
