@@ -36,6 +36,7 @@ from relay.ckpt.errors import (
     StaleStagedCheckpoint,
 )
 from relay.ckpt.fsutil import (
+    HASH_CHUNK,
     atomic_write_bytes,
     empty_dir,
     fsync_dir,
@@ -96,6 +97,12 @@ def _phase(name: str) -> None:
     hook = PHASE_HOOK
     if hook is not None:
         hook(name)
+
+
+def _mid_file_hook(n: int) -> None:
+    """After a full block: the file being hashed is not finished (nor fsynced) yet."""
+    if n == HASH_CHUNK:
+        _phase("mid_file")
 
 
 @dataclass(frozen=True)
@@ -304,7 +311,10 @@ def prune_local(
 ) -> list[int]:
     """Delete all but the newest ``keep_last_n`` (>= 1) committed checkpoints; returns removed steps."""
     with checkpoint_lock(layout, lock_timeout_s):
-        return _prune_locked(layout, keep_last_n)
+        try:
+            return _prune_locked(layout, keep_last_n)
+        except OSError as exc:
+            raise CheckpointError(f"prune of {layout.ckpt_dir} failed: {exc.strerror or exc}") from None
 
 
 def commit_checkpoint(
@@ -381,7 +391,7 @@ def _commit_locked(
         where = _reject(layout, src)
         raise InvalidStagedCheckpoint(f"{exc}; moved to {where}") from None
 
-    entries = hash_tree(src, rels, fsync=True, workers=workers, on_chunk=lambda _n: _phase("mid_file"))
+    entries = hash_tree(src, rels, fsync=True, workers=workers, on_chunk=_mid_file_hook)
     _phase("before_manifest")
     manifest = Manifest(
         format_version=FORMAT_VERSION,

@@ -232,26 +232,36 @@ def recover_local(
     verification to ``ckpt/_quarantine/`` (so a later commit of the same step is not refused), and
     point ``latest`` at the survivor (or remove ``latest`` when none survived). Under the run lock."""
     with checkpoint_lock(layout, lock_timeout_s):
-        _housekeeping(layout)
-        scan = find_newest_verified(layout, rehash=rehash)
-        moved: list[SkippedCheckpoint] = []
-        for s in scan.skipped:
-            if s.path.parent == layout.ckpt_dir and COMMITTED_RE.match(s.path.name):
-                layout.quarantine_dir.mkdir(parents=True, exist_ok=True)
-                dest = layout.quarantine_dir / f"{s.path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-                os.rename(s.path, dest)
-                moved.append(SkippedCheckpoint(s.path, f"{s.reason} (quarantined to {dest})", s.code))
-                log.warning("quarantined %s -> %s: %s", s.path, dest, s.reason)
-            else:
-                moved.append(s)
-        if scan.checkpoint is not None:
-            if read_latest_step(layout) != scan.checkpoint.step:
-                set_latest(layout, scan.checkpoint.step)
-        elif os.path.lexists(layout.latest_link):
-            os.unlink(layout.latest_link)
-        if layout.ckpt_dir.is_dir():
-            fsync_dir(layout.ckpt_dir)
-        return RecoveryScan(scan.checkpoint, moved)
+        try:
+            return _recover_locked(layout, rehash=rehash)
+        except OSError as exc:
+            raise CheckpointError(
+                f"recovery of {layout.ckpt_dir} failed: {exc.strerror or exc}"
+                f"{' (' + str(exc.filename) + ')' if exc.filename else ''}"
+            ) from None
+
+
+def _recover_locked(layout: RunLayout, *, rehash: bool) -> RecoveryScan:
+    _housekeeping(layout)
+    scan = find_newest_verified(layout, rehash=rehash)
+    moved: list[SkippedCheckpoint] = []
+    for s in scan.skipped:
+        if s.path.parent == layout.ckpt_dir and COMMITTED_RE.match(s.path.name):
+            layout.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            dest = layout.quarantine_dir / f"{s.path.name}.{os.getpid()}.{os.urandom(4).hex()}"
+            os.rename(s.path, dest)
+            moved.append(SkippedCheckpoint(s.path, f"{s.reason} (quarantined to {dest})", s.code))
+            log.warning("quarantined %s -> %s: %s", s.path, dest, s.reason)
+        else:
+            moved.append(s)
+    if scan.checkpoint is not None:
+        if read_latest_step(layout) != scan.checkpoint.step:
+            set_latest(layout, scan.checkpoint.step)
+    elif os.path.lexists(layout.latest_link):
+        os.unlink(layout.latest_link)
+    if layout.ckpt_dir.is_dir():
+        fsync_dir(layout.ckpt_dir)
+    return RecoveryScan(scan.checkpoint, moved)
 
 
 def read_committed(path: Path | str) -> CommittedCheckpoint:

@@ -2,7 +2,7 @@
 
 ``open_remote("file:///abs/path", run_id)`` -> FilesystemRemote;
 ``open_remote("hf://owner/repo", run_id, token=...)`` -> HubRemote (huggingface_hub is imported
-only when the Hub is used, so ``relayctl status`` stays light).
+only when a Hub call is made, so importing this package -- ``relayctl status`` -- stays light).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from relay.remote.base import (
     RemoteState,
 )
 from relay.remote.filesystem import FilesystemRemote
+from relay.remote.hub import HubRemote
 from relay.remote.sync import Syncer, SyncEvent, SyncStatus
 
 __all__ = [
     "FilesystemRemote",
+    "HubRemote",
     "PullReport",
     "PushResult",
     "Remote",
@@ -49,7 +51,7 @@ def open_remote(url: str, run_id: str, *, token: str | None = None, endpoint: st
         raise RemoteConfigError("remote URL is empty (expected file:///abs/path or hf://owner/repo)")
     url = url.strip()
     if url.startswith("hf://"):
-        from relay.remote.hub import HubRemote, check_repo_id
+        from relay.remote.hub import check_repo_id
 
         repo_id = url[len("hf://") :].strip("/")
         return HubRemote(check_repo_id(repo_id), run_id, token=token, endpoint=endpoint)

@@ -166,7 +166,10 @@ class FilesystemRemote(Remote):
             raise self._wrap(exc, "reading state.json") from None
 
     def list_steps(self) -> list[int]:
-        return sorted(self._step_dirs(), reverse=True)
+        try:
+            return sorted(self._step_dirs(), reverse=True)
+        except OSError as exc:
+            raise self._wrap(exc, "listing checkpoints") from None
 
     def push(self, ckpt: CommittedCheckpoint, *, epoch: int) -> PushResult:
         manifest, mbytes = load_local_manifest(ckpt, run_id=self.run_id)

@@ -121,3 +121,27 @@ def test_pull_shows_a_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatc
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     remote.pull_newest(RunLayout(tmp_path / "c", "run1"))
     assert "pull step 1" in capsys.readouterr().err
+
+
+def test_fencing_is_rechecked_under_the_lock(tmp_path: Path, monkeypatch) -> None:
+    """A zombie passes the early epoch check, then a newer holder publishes while the zombie is still
+    copying: the check repeated under the remote lock refuses the zombie."""
+    from relay.remote import RemoteFencedError
+    from relay.remote import filesystem as F
+
+    url = f"file://{tmp_path / 'remote'}"
+    zombie = make_committed(RunLayout(tmp_path / "zombie", "run1"), 50)
+    newer = make_committed(RunLayout(tmp_path / "newer", "run1"), 40)
+    fired = []
+
+    def newer_holder_publishes(phase: str) -> None:
+        if phase == "copy_chunk" and not fired:
+            fired.append(phase)
+            open_remote(url, "run1").push(newer, epoch=2)
+
+    monkeypatch.setattr(F, "PHASE_HOOK", newer_holder_publishes)
+    with pytest.raises(RemoteFencedError):
+        open_remote(url, "run1").push(zombie, epoch=1)
+    state = open_remote(url, "run1").state()
+    assert fired and (state.step, state.epoch) == (40, 2)
+    assert open_remote(url, "run1").list_steps() == [40]
