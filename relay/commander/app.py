@@ -1,7 +1,9 @@
 """The commander's HTTP face: thin aiohttp handlers over ``leases.LeaseManager``.
 
 Each handler validates its input with a model from ``relay.schema``, calls one
-method of the lease manager and answers with another model.  :data:`ENDPOINTS`
+method of the lease manager, awaits the store's commit when that method wrote
+something (so a grant or a release is on disk before anyone hears of it), and
+answers with another model.  :data:`ENDPOINTS`
 is the one list of routes: the router and the OpenAPI document are both built
 from it, so the document cannot drift from the code.
 
@@ -346,6 +348,7 @@ class CommanderApi:
     async def acquire(self, request: web.Request) -> web.StreamResponse:
         req = AcquireRequest.model_validate_json(await _body(request))
         grant = self.leases.acquire(req)
+        await self.leases.store.committed()  # the grant is on disk before anyone hears of it
         return _json(
             AcquireGranted(
                 run_id=grant.run.run_id,
@@ -366,12 +369,14 @@ class CommanderApi:
     async def release(self, request: web.Request) -> web.StreamResponse:
         req = ReleaseRequest.model_validate_json(await _body(request))
         status = self.leases.release(req)
+        await self.leases.store.committed()
         return _json(ReleaseResponse(ok=True, status=status))
 
     async def report(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         req = ReportRequest.model_validate_json(await _body(request))
         self.leases.report(run_id, req)
+        await self.leases.store.committed()
         return _json(ReportResponse(ok=True))
 
     async def list_runs(self, request: web.Request) -> web.StreamResponse:
@@ -386,6 +391,7 @@ class CommanderApi:
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         row = self.leases.cancel(run_id)
+        await self.leases.store.committed()
         return _json(self.leases.summary(row))
 
 
@@ -517,6 +523,12 @@ def create_app(
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)
     app.router.add_route("*", "/{tail:.*}", api.not_found)
     app.cleanup_ctx.append(api.sweeper)
+
+    async def group_commit(_: web.Application) -> None:
+        # A batch that fails to commit was rolled back: rebuild the live leases from what is on disk.
+        store.start_group_commit(asyncio.get_running_loop(), on_error=lambda _exc: leases.load())
+
+    app.on_startup.append(group_commit)
 
     async def close_store(_: web.Application) -> None:
         store.close()

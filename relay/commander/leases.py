@@ -13,10 +13,13 @@ The rules, in one place:
 
 Lease expiry times live only in memory (``LiveLease.expires_at``, monotonic
 clock), so a renewal is a dict lookup and never touches the disk.  Grants,
-releases and expiries are committed durably (``store.save_run``) *before* memory
-changes and before the caller answers.  On start-up every lease that the store
-says is held gets a full TTL, so its holder can renew after a commander restart
-and nobody else is granted the run meanwhile.
+releases, expiries and cancels are written with ``store.save_run(durable=True)``
+*before* memory changes (a failed write changes nothing), and the HTTP handler
+awaits ``store.committed()`` - the fsync - before it answers.  If a commit fails
+after memory changed, the store rolls the batch back and :meth:`LeaseManager.load`
+rebuilds memory from disk.  On start-up every lease that the store says is held
+gets a full TTL, so its holder can renew after a commander restart and nobody
+else is granted the run meanwhile.
 
 All methods are synchronous and are called from the event loop's thread, so each
 one runs to completion before another starts: check-then-grant is atomic.

@@ -1,32 +1,39 @@
 """SQLite state of the commander: the only module that speaks SQL.
 
 One connection, used only from the event loop's thread, in autocommit mode with
-explicit ``BEGIN IMMEDIATE``/``COMMIT`` per call.  Each call is a short
-transaction (tens of microseconds, a fsync of ~0.2 ms when durable), so calling
-it directly from an aiohttp handler is safe: nothing else runs on the loop
-between a decision and its commit, which is what makes "check then grant"
-atomic without locks.
+explicit transactions.  Every call is short (tens of microseconds of SQL), so an
+aiohttp handler calls it directly: nothing else runs on the loop between a
+decision and the statements that record it, which is what makes "check then
+grant" atomic without locks.
 
 Durability: the database is in WAL mode.  A change of ownership (a grant, a
-release, an expiry) is committed with ``synchronous=FULL`` - fsynced before the
-caller answers.  Progress reports use ``synchronous=NORMAL`` (no fsync per
-commit): they survive a ``kill -9`` of the commander (the data is in the OS page
-cache) and lose at most the last few reports on a power cut, which the next
-report repairs.  Lease *expiry* times are not stored at all: they live in memory
-in ``leases.py`` (renewals never touch the disk) and every held lease gets a full
-TTL again when the commander restarts.
+release, an expiry, a cancel) is written with ``durable=True``: committed with
+``synchronous=FULL``, i.e. fsynced, before the commander answers.  Progress
+reports use ``synchronous=NORMAL`` (no fsync of their own): they survive a
+``kill -9`` of the commander (the data is in the OS page cache) and lose at most
+the last few reports on a power cut, which the next report repairs.  Lease
+*expiry* times are not stored at all: they live in memory in ``leases.py``
+(renewals never touch the disk) and every held lease gets a full TTL again when
+the commander restarts.
+
+Group commit: inside the running commander (:meth:`Store.start_group_commit`)
+the writes made during one turn of the event loop share one transaction and one
+fsync; handlers await :meth:`Store.committed` before they answer.  Outside it
+(tests, tools) every write commits before it returns.
 
 An exclusive ``flock`` on ``<state>.lock`` keeps a second commander off the same
-state file, which would otherwise be a split brain with two epochs counters.
+state file, which would otherwise be a split brain with two epoch counters.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -194,6 +201,14 @@ class Store:
         self._lock_fd = lock_fd
         self._sync_full: bool | None = None
         self._inserts_since_prune: dict[str, int] = {}
+        # Group commit (see start_group_commit): the open batch transaction and who waits for it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tx_open = False
+        self._tx_durable = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._on_commit_error: Callable[[BaseException], None] | None = None
+        self.batches = 0  # commits of group-commit batches (for tests and metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,7 +241,8 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file and let go of the lock."""
+        """Commit what is pending, checkpoint the WAL into the main file and let go of the lock."""
+        self.stop_group_commit()
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.DatabaseError:
@@ -256,21 +272,105 @@ class Store:
 
     # ------------------------------------------------------------------ transactions
 
-    def _begin(self, durable: bool) -> None:
+    def start_group_commit(
+        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[BaseException], None] | None = None
+    ) -> None:
+        """Batch the commits of writes made during one event-loop iteration into one transaction.
+
+        A write's statements still run at once, inside the open batch transaction, so
+        every later read on this connection sees them and the caller's check-then-write
+        stays atomic.  Only the COMMIT (and its fsync) is deferred to a callback that
+        runs once the handlers already scheduled have had their turn: under load one
+        fsync covers many grants.  A caller that must not answer before its write is
+        on disk awaits :meth:`committed`.  ``on_error`` is called when a batch fails
+        to commit (it was rolled back), so in-memory state can be rebuilt from disk.
+        """
+        self._loop = loop
+        self._on_commit_error = on_error
+
+    def stop_group_commit(self) -> None:
+        """Commit the open batch now and go back to one commit per write."""
+        if self._tx_open:
+            self._commit_batch()
+        self._loop = None
+
+    def committed(self) -> Awaitable[None]:
+        """Resolves once every write made so far is committed (fsynced, if any of them was durable).
+
+        Raises StoreError (through the awaitable) when that batch failed to commit.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._tx_open:
+            self._waiters.append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def _set_sync(self, durable: bool) -> None:
         if self._sync_full is not durable:
             self._conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
             self._sync_full = durable
-        self._conn.execute("BEGIN IMMEDIATE")
 
     def _write(self, durable: bool, work: list[tuple[str, Sequence[object]]]) -> None:
-        self._begin(durable)
+        if self._loop is None:  # one transaction per write, committed before returning
+            self._set_sync(durable)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in work:
+                    self._conn.execute(sql, params)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return
+        if self._tx_open and durable and not self._tx_durable:
+            # The safety level cannot change inside a transaction: commit the non-durable batch now
+            # (no fsync) and start a durable one.
+            self._commit_batch()
+        if not self._tx_open:
+            self._set_sync(durable)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._tx_open, self._tx_durable = True, durable
+            self._flush_handle = self._loop.call_soon(self._flush)
+        self._conn.execute("SAVEPOINT relay_write")
         try:
             for sql, params in work:
                 self._conn.execute(sql, params)
-            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute("ROLLBACK TO relay_write")
+            self._conn.execute("RELEASE relay_write")
             raise
+        self._conn.execute("RELEASE relay_write")
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._tx_open:
+            self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        error: BaseException | None = None
+        try:
+            self._conn.execute("COMMIT")
+            self.batches += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            error = StoreError(f"could not commit to state file {self.path}: {exc}")
+        finally:
+            self._tx_open = self._tx_durable = False
+        for fut in waiters:
+            if not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+        if error is not None and self._on_commit_error is not None:
+            self._on_commit_error(error)
 
     # ------------------------------------------------------------------ reads
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -10,6 +11,13 @@ from relay.commander.app import API_KEY
 from relay.commander.leases import LeaseManager
 
 SECRET = "test-secret-0123"
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def leases_of(client: TestClient) -> LeaseManager:

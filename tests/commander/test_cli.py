@@ -13,8 +13,7 @@ import pytest
 from relay.cli import main
 from relay.client import CommanderClient
 from relay.schema import AcquireRequest, ReleaseRequest, ReportRequest
-from tests.commander.calls import SECRET
-from tests.commander.test_client import closed_port
+from tests.commander.calls import SECRET, closed_port
 from tests.helpers.commander_proc import REPO_ROOT, CommanderProcess
 
 

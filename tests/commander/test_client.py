@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from aiohttp import web
 
@@ -29,13 +27,7 @@ from relay.schema import (
     ReportRequest,
     RunStatus,
 )
-from tests.commander.calls import SECRET
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.commander.calls import SECRET, closed_port
 
 
 @pytest.fixture

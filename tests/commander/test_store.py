@@ -108,3 +108,65 @@ def test_history_is_pruned_per_run(tmp_path, monkeypatch):
     assert 7 <= len(lines) < 7 + 6 and lines[-1].line == "line 29"
     assert [line.line for line in store.log_lines("r1", since_ts=27.0)] == ["line 28", "line 29"]
     store.close()
+
+
+class FailingCommits:
+    """Wraps the store's connection; while ``failing`` is set, every COMMIT raises like a full disk."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.failing = False
+
+    def execute(self, sql: str, *args):
+        if self.failing and sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+async def test_concurrent_grants_share_commits_and_are_on_disk_when_answered(make_client, tmp_path):
+    import asyncio
+
+    from tests.commander.calls import acquire, leases_of
+
+    state = tmp_path / "group.db"
+    client = await make_client(state=state)
+    store = leases_of(client).store
+    before = store.batches
+    reader = sqlite3.connect(state)
+
+    async def acquire_and_check(i: int) -> None:
+        status, grant = await acquire(client, f"run-{i}", f"w{i}")
+        assert status == 200
+        # Answered, so committed: another connection sees the lease.
+        row = reader.execute("SELECT lease_id, epoch FROM runs WHERE run_id = ?", (f"run-{i}",)).fetchone()
+        assert row == (grant["lease_id"], 1)
+
+    await asyncio.gather(*(acquire_and_check(i) for i in range(64)))
+    assert store.batches - before < 64  # fsyncs were shared
+    reader.close()
+
+
+async def test_a_failed_commit_answers_503_and_rolls_memory_back(make_client):
+    from tests.commander.calls import acquire, get_run, leases_of, release, renew
+
+    client = await make_client()
+    leases = leases_of(client)
+    _, held = await acquire(client, "kept", "w1")
+    proxy = FailingCommits(leases.store._conn)
+    leases.store._conn = proxy  # type: ignore[assignment]
+
+    proxy.failing = True
+    status, body = await acquire(client, "lost", "w2")
+    assert status == 503 and body["code"] == "store_error" and "disk is full" in body["error"]
+    status, body = await release(client, held, "completed")
+    assert status == 503
+    proxy.failing = False
+
+    assert (await client.get("/api/runs/lost")).status == 404  # the grant was rolled back
+    assert leases.live_lease("lost") is None
+    assert (await renew(client, held))[0] == 200  # the failed release did not end the lease
+    assert (await get_run(client, "kept"))["status"] == "running"
+    assert (await release(client, held, "completed"))[0] == 200
