@@ -178,6 +178,11 @@ def build_args(cls: Any, **kwargs: Any) -> Any:
     """``TrainingArguments``/``GRPOConfig`` from kwargs; their own consistency checks become config errors."""
     try:
         return cls(**kwargs)
+    except ImportError as exc:  # e.g. train.deepspeed without the deepspeed package
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainConfigError(
+            f"train: a package this configuration needs is not installed: {first}"
+        ) from None
     except ValueError as exc:
         raise TrainConfigError(f"train: {str(exc).strip().splitlines()[0]}") from None
 

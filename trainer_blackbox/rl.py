@@ -97,9 +97,11 @@ def train() -> int:
     dataset = Dataset.from_list(records)
 
     partial = prepare_partial_dir(env.output_dir)
+    targs = relay_training_arguments(cfg, env, partial)
+    targs.setdefault("activation_checkpointing", True)  # TRL's GRPO default, under its transformers 5 name
     args = build_args(
         GRPOConfig,
-        **relay_training_arguments(cfg, env, partial),
+        **targs,
         **cfg.grpo_arguments(),
         deepspeed=deepspeed,
         reward_weights=reward_weights,

@@ -56,18 +56,12 @@ def train() -> int:
     if dropped and is_world_zero():
         print(f"{PROG}: dropped {dropped} rows whose completion lies beyond max_seq_length", flush=True)
 
-    # 3. Model, Trainer, train.
+    # TrainingArguments before the model: its own checks are config errors too, and DeepSpeed ZeRO-3
+    # must be configured before from_pretrained so that the weights load partitioned.
     from transformers import Trainer, TrainingArguments
 
     from trainer_blackbox.data import PadCollator
 
-    seed_everything(cfg)
-    model = load_model(cfg)
-    peft_cfg = lora_config(cfg)
-    if peft_cfg is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_cfg)
     partial = prepare_partial_dir(env.output_dir)
     args = build_args(
         TrainingArguments,
@@ -76,6 +70,15 @@ def train() -> int:
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
     )
+
+    # 3. Model, Trainer, train.
+    seed_everything(cfg)
+    model = load_model(cfg)
+    peft_cfg = lora_config(cfg)
+    if peft_cfg is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_cfg)
     progress = ProgressWriter(env.progress_file, env.epoch)
     callback = RelayCallback(output_dir=env.output_dir, progress=progress, stop=stop, prog=PROG)
     trainer = Trainer(

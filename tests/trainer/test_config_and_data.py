@@ -299,3 +299,27 @@ def test_deepspeed_examples_are_json_and_resolve_from_the_repo(
         assert path.is_file() and json.loads(path.read_text())["zero_optimization"]["stage"] == int(stage[-1])
     with pytest.raises(TrainConfigError, match="train.deepspeed: file not found"):
         check_deepspeed(validate_train_block({**BASE, "deepspeed": "nope.json"}, "sft"))
+
+
+def test_transformers_own_checks_become_config_errors(tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    from trainer_blackbox.hf_runtime import build_args
+
+    with pytest.raises(TrainConfigError, match=r"^train: .*bogus") as info:
+        build_args(TrainingArguments, output_dir=str(tmp_path), lr_scheduler_type="bogus")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_optional_package_is_a_config_error(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    from transformers import TrainingArguments
+
+    from trainer_blackbox.hf_runtime import build_args
+
+    ds = str(Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / "zero2.json")
+    with pytest.raises(TrainConfigError, match="needs is not installed.*deepspeed"):
+        build_args(TrainingArguments, output_dir=str(tmp_path), deepspeed=ds, use_cpu=True)
