@@ -10,7 +10,7 @@ the worker *before* it acquires anything, with one line that names the key.  So:
 - :func:`load_config` raises :class:`ConfigError`, whose ``str()`` is one line naming the key, the
   place the bad value came from, and what is wrong.
 
-The field descriptions are the documentation: :func:`env_reference_markdown` renders them as the
+The field descriptions are the documentation: :func:`relay.deploy.envref.reference_markdown` renders them as the
 environment-variable reference, so the two cannot drift apart.
 """
 
@@ -71,12 +71,12 @@ class WorkerConfig(BaseModel):
 
     commander_url: str = Field(
         ...,
-        description="Base URL of the commander, e.g. http://10.0.0.5:8420. Required.",
+        description="Base URL of the commander, e.g. http://10.0.0.5:8080. Required.",
         json_schema_extra=_env("COMMANDER_URL"),
     )
     run_id: str | None = Field(
         None,
-        description="Run to carry. Empty: take the next waiting run the commander offers (issue 8 pool mode).",
+        description="Run to carry. Empty: take the next waiting run the commander offers (pool mode: a pod serves whatever runs are submitted).",
         json_schema_extra=_env("RUN_ID"),
     )
     worker_id: str = Field(
@@ -250,7 +250,7 @@ class WorkerConfig(BaseModel):
     def _check_url(cls, v: str) -> str:
         v = v.strip()
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL, e.g. http://10.0.0.5:8420")
+            raise ValueError("must be an http:// or https:// URL, e.g. http://10.0.0.5:8080")
         return v.rstrip("/")
 
     @field_validator("run_id", "worker_id")
@@ -453,17 +453,3 @@ def env_reference() -> list[dict[str, str]]:
             {"env": names[name], "key": name, "default": default, "description": field.description or ""}
         )
     return rows
-
-
-def env_reference_markdown() -> str:
-    """The environment-variable reference as a Markdown table (generated, never hand-edited)."""
-    lines = [
-        f"Config file: `--config PATH` or `{CONFIG_PATH_ENV}`. Each key below can be set in the file and "
-        "overridden by its environment variable.",
-        "",
-        "| Variable | Key | Default | Meaning |",
-        "|---|---|---|---|",
-    ]
-    for row in env_reference():
-        lines.append(f"| `{row['env']}` | `{row['key']}` | `{row['default']}` | {row['description']} |")
-    return "\n".join(lines) + "\n"

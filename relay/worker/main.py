@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-from relay.config import CONFIG_PATH_ENV, ConfigError, env_reference_markdown, load_config
+from relay.config import CONFIG_PATH_ENV, ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "env_reference", False):
-        sys.stdout.write(env_reference_markdown())
+        from relay.deploy.envref import reference_markdown
+
+        sys.stdout.write(reference_markdown())
         return 0
     from relay.worker.agent import EXIT_CONFIG, EXIT_FENCED, EXIT_INTERNAL, Agent
 

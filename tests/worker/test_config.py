@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, env_names, env_reference_markdown, load_config
+from relay.config import ConfigError, env_names, load_config
+from relay.deploy.envref import reference_markdown
 
 BASE = {"COMMANDER_URL": "http://127.0.0.1:9"}
 
@@ -83,7 +84,7 @@ def test_file_problems(tmp_path: Path) -> None:
 def test_every_key_has_an_env_var_and_a_description() -> None:
     names = env_names()
     assert names["remote"] == "RELAY_REMOTE" and names["grace_s"] == "GRACE_S"
-    ref = env_reference_markdown()
+    ref = reference_markdown()
     for var in names.values():
         assert f"`{var}`" in ref
     assert "| `COMMANDER_URL` |" in ref
