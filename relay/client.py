@@ -25,6 +25,7 @@ from relay.schema import (
     AcquireRequest,
     ErrorResponse,
     HealthResponse,
+    LogsResponse,
     ReleaseRequest,
     ReleaseResponse,
     RenewRequest,
@@ -33,6 +34,7 @@ from relay.schema import (
     ReportResponse,
     RunDetail,
     RunList,
+    RunSpec,
     RunStatus,
     RunSummary,
 )
@@ -80,6 +82,14 @@ class NoWaitingRun(CommanderError):
 
 class NotFound(CommanderError):
     """404: no such run."""
+
+
+class SpecConflict(CommanderError):
+    """409 on submit: the run id exists with a different spec (``differs`` names the keys)."""
+
+    def __init__(self, message: str, differs: list[str]) -> None:
+        super().__init__(message)
+        self.differs = differs
 
 
 class BadRequest(CommanderError):
@@ -182,6 +192,29 @@ class CommanderClient:
         self._raise_common(status, body)
         return self._parse(RunSummary, body)
 
+    async def submit_run(self, spec: RunSpec) -> tuple[RunDetail, bool]:
+        """Submit a run spec: (the run, True when it was created; False: the same spec was there already).
+
+        Raises SpecConflict when the run id exists with another spec, BadRequest for an invalid one.
+        """
+        status, body = await self._call("POST", "/api/runs", spec, exclude_unset=True)
+        if status == 409:
+            err = self._error(body)
+            detail = err.detail if err is not None and isinstance(err.detail, dict) else {}
+            differs = [str(k) for k in detail.get("differs", [])]
+            raise SpecConflict(err.error if err else f"run {spec.run_id} exists with another spec", differs)
+        self._raise_common(status, body)
+        return self._parse(RunDetail, body), status == 201
+
+    async def get_logs(
+        self, run_id: str, since: int | None = None, *, limit: int | None = None, tail: int | None = None
+    ) -> LogsResponse:
+        """A page of the run's log timeline after the cursor ``since`` (``next_cursor`` of the last page)."""
+        query = {k: str(v) for k, v in (("since", since), ("limit", limit), ("tail", tail)) if v is not None}
+        status, body = await self._call("GET", f"/api/runs/{self._id(run_id)}/logs", params=query)
+        self._raise_common(status, body)
+        return self._parse(LogsResponse, body)
+
     # ------------------------------------------------------------------ plumbing
 
     @staticmethod
@@ -203,12 +236,22 @@ class CommanderClient:
             )
         return self._session
 
-    async def _call(self, method: str, path: str, body: BaseModel | None = None) -> tuple[int, bytes]:
-        data = body.model_dump_json(exclude_none=False).encode() if body is not None else None
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None = None,
+        *,
+        params: dict[str, str] | None = None,
+        exclude_unset: bool = False,
+    ) -> tuple[int, bytes]:
+        data = body.model_dump_json(exclude_unset=exclude_unset).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         url = self.base_url + path
         try:
-            async with self._session_now().request(method, url, data=data, headers=headers) as resp:
+            async with self._session_now().request(
+                method, url, data=data, headers=headers, params=params
+            ) as resp:
                 payload = await resp.read()
                 status = resp.status
         except asyncio.TimeoutError:

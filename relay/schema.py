@@ -17,6 +17,7 @@ Policy, chosen once for all requests:
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -111,6 +112,7 @@ class EventName(str, Enum):
     # commander-originated
     lease_expired = "lease_expired"
     cancel_requested = "cancel_requested"
+    submitted = "submitted"
 
 
 class _Request(BaseModel):
@@ -140,27 +142,125 @@ class LogLine(_Request):
     line: Annotated[str, Field(max_length=16384)]
 
 
-class CallbackSpec(_Request):
-    """Where the commander reports a run's status changes (issue 8 delivers them)."""
+class CallbackEvent(str, Enum):
+    """What a callback reports: a run status it entered, a synced checkpoint, or a heartbeat."""
 
-    webhook_url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
-    auth_header: Annotated[str, Field(max_length=4096)] | None = Field(
-        default=None, description="sent as the Authorization header; never returned or logged"
+    pending = "pending"
+    running = "running"
+    preempted = "preempted"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+    checkpoint_synced = "checkpoint_synced"
+    heartbeat = "heartbeat"
+
+
+def _matching(pattern: str, code: str, message: str, max_length: int) -> Any:
+    """A string type with a rule and a clear message, documented as the same regex (so the two agree)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise PydanticCustomError(code, message)
+        return value
+
+    documented = {"type": "string", "pattern": pattern, "maxLength": max_length}
+    return Annotated[str, Field(max_length=max_length), AfterValidator(check), WithJsonSchema(documented)]
+
+
+#: http(s), a host name, IPv4 or [IPv6] address, an optional port, then printable ASCII (no spaces).
+WEBHOOK_URL_PATTERN = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?$"
+#: One line of printable ASCII: it becomes an HTTP header, so no CR/LF can smuggle in another one.
+HEADER_PATTERN = r"^[ -~]+$"
+#: A remote a worker can open (the worker's config has the same rule): hf://owner/repo or file:///abs/path.
+REMOTE_PATTERN = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*|file:///[!-~]*)$"
+
+WebhookUrl = _matching(
+    WEBHOOK_URL_PATTERN, "invalid_url", "must be an http:// or https:// URL with a host", 2048
+)
+HeaderText = _matching(HEADER_PATTERN, "invalid_header", "must be one line of printable ASCII", 4096)
+RemoteUrl = _matching(
+    REMOTE_PATTERN, "invalid_remote", "must be hf://owner/repo or file:///absolute/path", 2048
+)
+
+
+class CallbackSpec(_Request):
+    """Where the commander reports a run's status changes (delivered by ``relay.commander.callbacks``)."""
+
+    webhook_url: WebhookUrl = Field(description="http:// or https:// URL the commander POSTs to")
+    auth_header: HeaderText | None = Field(
+        default=None,
+        repr=False,
+        description="sent as the Authorization header value, or as header Name when written 'Name: value' "
+        "(Name an HTTP token); never returned by the API (shown as ***) and never logged",
     )
-    events: list[str] | None = None
+    events: list[CallbackEvent] | None = Field(
+        default=None,
+        description="deliver only these (default: every status change, checkpoint_synced and heartbeat)",
+    )
 
 
 class RunSpec(_Request):
-    """A run submitted as a job through ``POST /api/runs`` (issue 8); handed to the worker in the grant."""
+    """A run submitted as a job through ``POST /api/runs``; handed to the worker in the grant.
 
-    run_id: Id | None = None
+    In a grant, ``max_restarts`` and ``max_duration_s`` are what the run has *left* (restarts not yet
+    used, running time not yet spent on earlier leases), so the worker's own limits add up to the
+    spec's totals; ``callbacks.auth_header`` is masked there as everywhere else.
+    """
+
+    run_id: Id | None = Field(default=None, description="omitted: the commander generates one")
     mode: Mode = "sft"
-    train: dict[str, Any] = Field(default_factory=dict)
-    remote: Annotated[str, Field(max_length=2048)] | None = None
-    max_restarts: NonNegInt = 3
-    priority: Int = 0
-    max_duration_s: Annotated[float, Strict(), Field(gt=0)] | None = None
+    train: dict[str, Any] = Field(default_factory=dict, description="the trainer's train: block (free-form)")
+    remote: RemoteUrl | None = None
+    max_restarts: NonNegInt = Field(
+        default=3,
+        description="restarts after a failure, in all: the worker restarting its trainer and the commander "
+        "handing a failed run to the next worker both count",
+    )
+    priority: Int = Field(default=0, description="higher is handed out first; ties go to the oldest run")
+    max_duration_s: Annotated[float, Strict(), Field(gt=0)] | None = Field(
+        default=None, description="running time the run may use across all its leases"
+    )
     callbacks: CallbackSpec | None = None
+
+    def masked(self) -> RunSpec:
+        """This spec as the API shows it: the callback auth header replaced by ``***``."""
+        if self.callbacks is None or not self.callbacks.auth_header:
+            return self
+        return self.model_copy(update={"callbacks": self.callbacks.model_copy(update={"auth_header": MASK})})
+
+
+MASK = "***"
+
+
+class CallbackPayload(_Response):
+    """The JSON body of every callback POST (``X-Relay-Delivery`` carries a delivery id for de-duplication)."""
+
+    run_id: str
+    event: CallbackEvent = Field(description="a status the run entered, checkpoint_synced or heartbeat")
+    status: RunStatus
+    epoch: int
+    step: int | None = None
+    detail: str | None = None
+    metrics: dict[str, float | None] | None = None
+    latest_checkpoint: CheckpointRef | None = None
+    remote_step: int | None = None
+    restarts: int = 0
+    timestamp: float = Field(description="when it happened (commander clock, Unix seconds)")
+
+
+class CallbackStatus(_Response):
+    """How a run's callbacks are getting on (part of the run detail)."""
+
+    webhook_url: str
+    pending: int = Field(description="deliveries waiting to be sent (or retried)")
+    delivered: int = 0
+    dropped: int = Field(default=0, description="deliveries given up after the last retry")
+    last_attempt_at: float | None = None
+    last_delivery_at: float | None = Field(default=None, description="last successful delivery")
+    last_status: int | None = Field(default=None, description="HTTP status of the last attempt")
+    last_error: str | None = None
+    next_attempt_at: float | None = None
 
 
 # --------------------------------------------------------------------------- runs
@@ -213,7 +313,8 @@ class RunDetail(RunSummary):
 
     events: list[EventRecord] = Field(default_factory=list)
     metrics_history: list[MetricsPoint] = Field(default_factory=list)
-    spec: RunSpec | None = None
+    spec: RunSpec | None = Field(default=None, description="the submitted spec (auth header masked)")
+    callbacks: CallbackStatus | None = None
 
 
 class RunList(_Response):
@@ -222,10 +323,13 @@ class RunList(_Response):
 
 
 class LogsResponse(_Response):
-    """A run's log timeline (issue 8)."""
+    """A page of a run's log timeline, oldest first; pass ``next_cursor`` as ``since`` for the next page."""
 
     run_id: str
+    status: RunStatus
     lines: list[LogLine]
+    next_cursor: int = Field(description="cursor after the last line returned (the same as since when none)")
+    more: bool = Field(default=False, description="more lines follow: ask again at once")
 
 
 # --------------------------------------------------------------------------- leases

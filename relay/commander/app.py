@@ -35,16 +35,22 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
+from relay.commander import metrics
 from relay.commander.auth import SharedSecretAuth
+from relay.commander.callbacks import CallbackDispatcher, CallbackSettings
 from relay.commander.leases import LeaseHeldError, LeaseManager, RuleError
 from relay.commander.store import Store, StoreError
 from relay.ids import ID_PATTERN, id_problem
 from relay.schema import (
+    INT64_MAX,
     AcquireDenied,
     AcquireGranted,
     AcquireRequest,
+    CallbackPayload,
     ErrorResponse,
     HealthResponse,
+    LogLine,
+    LogsResponse,
     ReleaseRequest,
     ReleaseResponse,
     RenewRequest,
@@ -53,6 +59,7 @@ from relay.schema import (
     ReportResponse,
     RunDetail,
     RunList,
+    RunSpec,
     RunStatus,
     RunSummary,
 )
@@ -78,6 +85,17 @@ class QueryParam:
 
 EVENTS_PARAM = QueryParam("events", "how many recent events (default 50)", 50, 1, 1000)
 METRICS_PARAM = QueryParam("metrics", "how many metrics points (default 200)", 200, 1, 10000)
+SINCE_PARAM = QueryParam(
+    "since",
+    "cursor: only lines after it (next_cursor of the previous page; default 0, the start)",
+    0,
+    0,
+    INT64_MAX,
+)
+LIMIT_PARAM = QueryParam("limit", "at most this many lines (default 1000)", 1000, 1, 10000)
+TAIL_PARAM = QueryParam(
+    "tail", "only the last N lines after the cursor (default 0: all, paged by limit)", 0, 0, 10000
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,7 @@ class Endpoint:
     responses: dict[int, type[BaseModel]] = field(default_factory=dict)
     auth: bool = True
     query: tuple[QueryParam, ...] = ()
+    media: str | None = None  # a 200 that is not JSON: its media type
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -139,6 +158,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("GET", "/api/runs", "list_runs", "All runs.", None, {200: RunList}),
     Endpoint(
+        "POST",
+        "/api/runs",
+        "submit",
+        "Submit a run spec: 201 with the new run, 200 when the same spec was submitted before, "
+        "409 when the run id exists with another spec.",
+        RunSpec,
+        {200: RunDetail, 201: RunDetail, 409: ErrorResponse},
+    ),
+    Endpoint(
         "GET",
         "/api/runs/{run_id}",
         "get_run",
@@ -154,6 +182,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Cancel a run: at once when it waits, at the holder's next renew when it runs.",
         None,
         {200: RunSummary, 404: ErrorResponse, 409: ErrorResponse},
+    ),
+    Endpoint(
+        "GET",
+        "/api/runs/{run_id}/logs",
+        "logs",
+        "A run's log timeline (trainer stdout/stderr and worker notes), oldest first, paged by a cursor.",
+        None,
+        {200: LogsResponse, 404: ErrorResponse},
+        query=(SINCE_PARAM, LIMIT_PARAM, TAIL_PARAM),
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics (text format); needs the shared secret like the API (a bearer token).",
+        None,
+        {},
+        media=metrics.CONTENT_TYPE,
     ),
 )
 
@@ -252,10 +298,17 @@ class CommanderApi:
     """The handlers, bound to one lease manager and one auth policy."""
 
     def __init__(
-        self, leases: LeaseManager, auth: SharedSecretAuth, *, sweep_interval_s: float | None = None
+        self,
+        leases: LeaseManager,
+        auth: SharedSecretAuth,
+        *,
+        sweep_interval_s: float | None = None,
+        callbacks: CallbackDispatcher | None = None,
     ) -> None:
         self.leases = leases
         self.auth = auth
+        self.callbacks = callbacks
+        self.registry = metrics.build_registry(leases, callbacks)
         self.sweep_interval_s = sweep_interval_s or min(1.0, leases.ttl_s / 4)
         ttl = leases.ttl_s
         # The two possible renew answers, serialised once from the model.
@@ -293,7 +346,9 @@ class CommanderApi:
             except RuleError as exc:
                 if endpoint.handler == "acquire" and exc.http_status == 409:
                     return _json(AcquireDenied(status=exc.status, detail=str(exc)), 409)
-                return _error(exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status)
+                return _error(
+                    exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status, detail=exc.detail
+                )
             except ApiError as exc:
                 return _error(exc.http_status, exc.code, str(exc), exc.field)
             except (StoreError, sqlite3.Error) as exc:
@@ -385,8 +440,48 @@ class CommanderApi:
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         events = _query_int(request, EVENTS_PARAM)
-        metrics = _query_int(request, METRICS_PARAM)
-        return _json(self.leases.get_detail(run_id, events=events, metrics=metrics))
+        metrics_points = _query_int(request, METRICS_PARAM)
+        return _json(self._detail(run_id, events=events, metrics=metrics_points))
+
+    def _detail(self, run_id: str, **limits: int) -> RunDetail:
+        """The run detail with its callback delivery state."""
+        detail = self.leases.get_detail(run_id, **limits)
+        if self.callbacks is not None and detail.spec is not None and detail.spec.callbacks is not None:
+            row = self.leases.store.get_run(run_id)
+            if row is not None:
+                detail.callbacks = self.callbacks.status(row)
+        return detail
+
+    async def submit(self, request: web.Request) -> web.StreamResponse:
+        spec = RunSpec.model_validate_json(await _body(request))
+        row, created = self.leases.submit(spec)
+        await self.leases.store.committed()  # the run (and its pending callback) is on disk first
+        return _json(self._detail(row.run_id), 201 if created else 200)
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        run_id = _path_id(request)
+        since = _query_int(request, SINCE_PARAM)
+        limit = _query_int(request, LIMIT_PARAM)
+        tail = _query_int(request, TAIL_PARAM)
+        row, lines, more = self.leases.log_page(run_id, after=since, limit=limit, tail=tail)
+        return _json(
+            LogsResponse(
+                run_id=run_id,
+                status=row.status,
+                lines=[
+                    LogLine.model_construct(ts=line.ts, stream=line.stream, line=line.line) for line in lines
+                ],
+                next_cursor=lines[-1].id if lines else since,
+                more=more,
+            )
+        )
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        # The gauges are computed now, at scrape time, never on the lease path.
+        body = await metrics.render_off_loop(self.registry)
+        return web.Response(
+            body=body, headers={"Content-Type": f"{metrics.CONTENT_TYPE}; version=0.0.4; charset=utf-8"}
+        )
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
@@ -401,7 +496,7 @@ def _path_regex(path: str) -> str:
 
 def build_openapi() -> dict[str, object]:
     """The OpenAPI 3.1 document, generated from :data:`ENDPOINTS` and the pydantic models."""
-    models: list[type[BaseModel]] = [ErrorResponse]
+    models: list[type[BaseModel]] = [ErrorResponse, CallbackPayload]
     for ep in ENDPOINTS:
         if ep.request is not None:
             models.append(ep.request)
@@ -430,6 +525,11 @@ def build_openapi() -> dict[str, object]:
             responses["200"] = {
                 "description": "OpenAPI document",
                 "content": {JSON: {"schema": {"type": "object"}}},
+            }
+        if ep.media is not None:
+            responses["200"] = {
+                "description": ep.summary,
+                "content": {ep.media: {"schema": {"type": "string"}}},
             }
         if ep.request is not None or "{run_id}" in ep.path or ep.query:
             responses.setdefault(
@@ -486,6 +586,15 @@ def build_openapi() -> dict[str, object]:
         "openapi": "3.1.0",
         "info": {"title": "relay-trainer commander", "version": __version__},
         "paths": paths,
+        "webhooks": {
+            "runCallback": {
+                "post": {
+                    "summary": "What the commander POSTs to a run's callbacks.webhook_url (any 2xx acknowledges).",
+                    "requestBody": {"required": True, "content": content(CallbackPayload)},
+                    "responses": {"200": {"description": "delivered"}},
+                }
+            }
+        },
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {
@@ -505,6 +614,7 @@ def create_app(
     secret: str | None = None,
     lease_ttl_s: float = 60.0,
     sweep_interval_s: float | None = None,
+    callback_settings: CallbackSettings | None = None,
 ) -> web.Application:
     """Open the state (raises StoreError when it cannot be used) and build the application."""
     store = Store.open(state_path)
@@ -516,13 +626,18 @@ def create_app(
         raise
     if restored:
         log.info("restored %d held lease(s), each with a full %gs TTL", restored, lease_ttl_s)
-    api = CommanderApi(leases, SharedSecretAuth(secret), sweep_interval_s=sweep_interval_s)
+    callbacks = CallbackDispatcher(store, callback_settings)
+    callbacks.attach(leases)
+    api = CommanderApi(
+        leases, SharedSecretAuth(secret), sweep_interval_s=sweep_interval_s, callbacks=callbacks
+    )
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[API_KEY] = api
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)
     app.router.add_route("*", "/{tail:.*}", api.not_found)
     app.cleanup_ctx.append(api.sweeper)
+    app.cleanup_ctx.append(callbacks.cleanup_ctx)
 
     async def group_commit(_: web.Application) -> None:
         # A batch that fails to commit was rolled back: rebuild the live leases from what is on disk.

@@ -10,6 +10,11 @@ The rules, in one place:
   it is refused with :class:`StaleLeaseError` and nothing changes.  An expired
   lease is dead, as in etcd: it cannot be renewed, even if nobody took the run yet.
 * Status changes go through ``runs.transition`` (the one table of transitions).
+* Submitted runs (:meth:`LeaseManager.submit`) carry a spec: it is handed to the worker in the
+  grant with what the run has left of ``max_restarts`` and ``max_duration_s``; a failed release
+  with both left sends the run back to the queue (``runs.status_after_release``) and counts the
+  restart, as does every ``trainer_restarted`` a worker reports.  Each change of such a run
+  queues its callbacks (``callback_outbox``) in the same transaction.
 
 Lease expiry times live only in memory (``LiveLease.expires_at``, monotonic
 clock), so a renewal is a dict lookup and never touches the disk.  Grants,
@@ -35,12 +40,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from relay.commander import runs
-from relay.commander.store import LogRow, MetricsRow, NewEvent, RunRow, Store
+from relay.commander.store import LogRow, MetricsRow, NewDelivery, NewEvent, RunRow, Store
 from relay.schema import (
     AcquireRequest,
+    CallbackEvent,
     EventName,
     EventRecord,
     MetricsPoint,
+    ReleaseOutcome,
     ReleaseRequest,
     RenewRequest,
     ReportRequest,
@@ -62,9 +69,10 @@ class RuleError(Exception):
     code = "conflict"
     field: str | None = None
 
-    def __init__(self, message: str, *, status: RunStatus | None = None) -> None:
+    def __init__(self, message: str, *, status: RunStatus | None = None, detail: object = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 class StaleLeaseError(RuleError):
@@ -104,6 +112,13 @@ class ModeMismatchError(RuleError):
     http_status = 422
     code = "mode_mismatch"
     field = "mode"
+
+
+class SpecConflictError(RuleError):
+    """A submit for an existing run id with a different spec (or for a run that was not submitted)."""
+
+    code = "spec_conflict"
+    field = "run_id"
 
 
 # --------------------------------------------------------------------------- the acquire table
@@ -159,6 +174,9 @@ class Stats:
     expiries: int = 0
     fenced: int = 0
     denials: int = 0
+    submits: int = 0
+    preemptions: int = 0  # runs handed back for the next worker: preempted releases and expired leases
+    restarts: int = 0  # trainer restarts reported by workers plus failed runs the commander queued again
 
 
 @dataclass
@@ -171,6 +189,15 @@ class Grant:
 #: Called after every durable status change with (run after the change, status before it or None when new).
 StatusListener = Callable[[RunRow, RunStatus | None], None]
 
+#: Builds the callbacks to queue for a change of a submitted run: (run after it, event, metrics or None).
+#: Their rows are written in the same transaction as the change (see ``relay.commander.callbacks``).
+CallbackOutbox = Callable[[RunRow, CallbackEvent, "dict[str, float] | None"], list[NewDelivery]]
+
+
+def new_run_id(wall: float) -> str:
+    """A run id for a spec submitted without one: sortable by time, unique by its random suffix."""
+    return f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(wall))}-{secrets.token_hex(3)}"
+
 
 @dataclass
 class LeaseManager:
@@ -182,6 +209,7 @@ class LeaseManager:
     wall: Callable[[], float] = time.time
     stats: Stats = field(default_factory=Stats)
     status_listeners: list[StatusListener] = field(default_factory=list)
+    callback_outbox: CallbackOutbox | None = None
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
@@ -209,6 +237,61 @@ class LeaseManager:
             for row in self.store.held_leases()
         }
         return len(self._live)
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, spec: RunSpec) -> tuple[RunRow, bool]:
+        """Register a submitted run as pending; returns (run, created).
+
+        The same spec again is answered with the run as it is now (created False), so a
+        backend may retry a submit whose answer it lost; a different spec for the same
+        run id, or a spec for a run a worker started by id, is a SpecConflictError.
+        """
+        wall = self.wall()
+        if spec.run_id is None:
+            spec = spec.model_copy(update={"run_id": new_run_id(wall)})
+        run_id = spec.run_id
+        assert run_id is not None
+        row = self.store.get_run(run_id)
+        if row is not None:
+            if row.spec_json is None:
+                raise SpecConflictError(
+                    f"run {run_id} already exists and was not submitted (a worker started it by id); "
+                    "submit under another run_id",
+                    status=row.status,
+                )
+            stored = RunSpec.model_validate_json(row.spec_json).model_dump(mode="json")
+            wanted = spec.model_dump(mode="json")
+            if stored == wanted:
+                return row, False
+            differs = sorted(key for key in wanted if stored.get(key) != wanted.get(key))
+            raise SpecConflictError(
+                f"run {run_id} was submitted with a different spec (differs in: {', '.join(differs)}); "
+                "submit the same spec, or use another run_id",
+                status=row.status,
+                detail={"differs": differs},
+            )
+        row = RunRow(
+            run_id=run_id,
+            status=RunStatus.pending,
+            created_at=wall,
+            updated_at=wall,
+            mode=spec.mode,
+            priority=spec.priority,
+            max_restarts=spec.max_restarts,
+            spec_json=spec.model_dump_json(),
+        )
+        message = f"submitted: mode {spec.mode}, priority {spec.priority}, max_restarts {spec.max_restarts}"
+        self.store.save_run(
+            row,
+            [NewEvent(wall, 0, EventName.submitted.value, None, message)],
+            durable=True,
+            outbox=self._callbacks(row, CallbackEvent.pending),
+        )
+        self.stats.submits += 1
+        log.info("run %s: %s", run_id, message)
+        self._notify(row, None)
+        return row, True
 
     # ------------------------------------------------------------------ acquire
 
@@ -281,7 +364,10 @@ class LeaseManager:
         if row.mode is None:
             row.mode = req.mode
         self.store.save_run(
-            row, [NewEvent(wall, epoch, EventName.acquired.value, req.worker_id, message)], durable=True
+            row,
+            [NewEvent(wall, epoch, EventName.acquired.value, req.worker_id, message)],
+            durable=True,
+            outbox=self._callbacks(row, CallbackEvent.running),
         )
         new = LiveLease(
             run_id=row.run_id,
@@ -296,8 +382,17 @@ class LeaseManager:
         self.stats.grants += 1
         log.info("run %s: %s", row.run_id, message)
         self._notify(row, previous)
-        spec = RunSpec.model_validate_json(row.spec_json) if row.spec_json else None
-        return Grant(run=row, lease=new, spec=spec)
+        return Grant(run=row, lease=new, spec=self._granted_spec(row))
+
+    def _granted_spec(self, row: RunRow) -> RunSpec | None:
+        """The spec a worker gets: the restarts and running time the run has left, the auth header masked."""
+        spec = _spec(row)
+        if spec is None:
+            return None
+        update: dict[str, object] = {"max_restarts": max(0, spec.max_restarts - row.restarts)}
+        if spec.max_duration_s is not None:
+            update["max_duration_s"] = max(1.0, spec.max_duration_s - row.active_s)
+        return spec.model_copy(update=update).masked()
 
     # ------------------------------------------------------------------ renew / release / report
 
@@ -339,18 +434,34 @@ class LeaseManager:
             raise self._stale(req.run_id, req.worker_id, req.epoch, None)
         row = self._must_get(req.run_id)
         previous = row.status
-        target = runs.status_after_release(req.outcome, cancel_requested=row.cancel_requested)
-        row.status = runs.transition(row.status, target)
         wall = self.wall()
+        _end_lease_time(row, wall)
+        restart = req.outcome is ReleaseOutcome.failed and self._may_restart(row)
+        target = runs.status_after_release(
+            req.outcome, cancel_requested=row.cancel_requested, restart_allowed=restart
+        )
+        row.status = runs.transition(row.status, target)
         row.released_lease_id = row.lease_id
         row.lease_id = row.lease_worker = row.lease_granted_at = None
         row.detail = req.detail
         row.updated_at = wall
         message = req.detail or ""
-        if target.value != req.outcome.value:
+        if target is RunStatus.cancelled and req.outcome is not ReleaseOutcome.cancelled:
             message = f"released as {req.outcome.value}, but a cancel was requested. {message}".strip()
+        elif restart and target is RunStatus.preempted:
+            row.restarts += 1
+            self.stats.restarts += 1
+            message = (
+                f"released as failed; restart {row.restarts} of {row.max_restarts}: "
+                f"waiting for the next worker. {message}"
+            ).strip()
+        elif target is RunStatus.preempted:
+            self.stats.preemptions += 1
         self.store.save_run(
-            row, [NewEvent(wall, row.epoch, target.value, req.worker_id, message or None)], durable=True
+            row,
+            [NewEvent(wall, row.epoch, target.value, req.worker_id, message or None)],
+            durable=True,
+            outbox=self._callbacks(row, CallbackEvent(target.value)),
         )
         del self._live[req.run_id]
         self.stats.releases += 1
@@ -373,6 +484,8 @@ class LeaseManager:
         wall = self.wall()
         row.step = req.step
         if req.checkpoint is not None:
+            if row.latest_checkpoint is None or row.latest_checkpoint.step != req.checkpoint.step:
+                row.checkpoint_at = wall
             row.latest_checkpoint = req.checkpoint
         if req.remote_step is not None:
             row.remote_step = req.remote_step
@@ -383,8 +496,14 @@ class LeaseManager:
             events.append(NewEvent(wall, req.epoch, req.event.value, req.worker_id, req.message))
         elif req.message:
             logs.append(LogRow(wall, req.epoch, "worker", req.message))
+        if req.event is EventName.trainer_restarted:  # counts against the run's max_restarts
+            row.restarts += 1
+            self.stats.restarts += 1
+        outbox: list[NewDelivery] = []
+        if req.event is EventName.checkpoint_synced:
+            outbox = self._callbacks(row, CallbackEvent.checkpoint_synced, req.metrics)
         metrics = MetricsRow(wall, req.step, req.epoch, dict(req.metrics)) if req.metrics else None
-        self.store.save_report(row, events, metrics, logs)
+        self.store.save_report(row, events, metrics, logs, outbox)
 
     # ------------------------------------------------------------------ cancel / expiry
 
@@ -410,7 +529,10 @@ class LeaseManager:
         else:
             row.status = target
             name, message = EventName.cancelled.value, f"cancelled while {previous.value}"
-        self.store.save_run(row, [NewEvent(wall, row.epoch, name, None, message)], durable=True)
+        outbox = self._callbacks(row, CallbackEvent.cancelled) if target is not None else []
+        self.store.save_run(
+            row, [NewEvent(wall, row.epoch, name, None, message)], durable=True, outbox=outbox
+        )
         lease = self._live.get(run_id)
         if lease is not None:
             lease.cancel_requested = True
@@ -438,6 +560,7 @@ class LeaseManager:
         wall = self.wall()
         target = runs.status_after_expiry(cancel_requested=row.cancel_requested)
         row.status = runs.transition(row.status, target)
+        _end_lease_time(row, wall)
         row.lease_id = row.lease_worker = row.lease_granted_at = None
         row.updated_at = wall
         row.detail = f"lease of {lease.worker_id} expired (no renew for {self.ttl_s:g}s)"
@@ -445,9 +568,12 @@ class LeaseManager:
             row,
             [NewEvent(wall, lease.epoch, EventName.lease_expired.value, lease.worker_id, row.detail)],
             durable=True,
+            outbox=self._callbacks(row, CallbackEvent(target.value)),
         )
         self._live.pop(lease.run_id, None)
         self.stats.expiries += 1
+        if target is RunStatus.preempted:
+            self.stats.preemptions += 1
         log.warning("run %s: %s -> %s", lease.run_id, row.detail, target.value)
         self._notify(row, previous)
 
@@ -458,11 +584,7 @@ class LeaseManager:
         if row is None:
             raise RunNotFoundError(f"no run {run_id}")
         summary = self.summary(row)
-        spec = RunSpec.model_validate_json(row.spec_json) if row.spec_json else None
-        if spec is not None and spec.callbacks is not None and spec.callbacks.auth_header:
-            spec = spec.model_copy(
-                update={"callbacks": spec.callbacks.model_copy(update={"auth_header": "***"})}
-            )
+        spec = _spec(row)
         return RunDetail(
             **summary.model_dump(),
             events=[
@@ -473,7 +595,7 @@ class LeaseManager:
                 MetricsPoint(ts=m.ts, step=m.step, epoch=m.epoch, metrics=m.metrics)
                 for m in self.store.metrics_history(run_id, metrics)
             ],
-            spec=spec,
+            spec=spec.masked() if spec is not None else None,
         )
 
     def list_summaries(self) -> list[RunSummary]:
@@ -505,6 +627,22 @@ class LeaseManager:
             restarts=row.restarts,
             max_restarts=row.max_restarts,
         )
+
+    def held_count(self) -> int:
+        """How many leases are live in memory (expired ones the sweeper has not ended yet included)."""
+        return len(self._live)
+
+    def log_page(
+        self, run_id: str, *, after: int, limit: int, tail: int = 0
+    ) -> tuple[RunRow, list[LogRow], bool]:
+        """(run, log lines after the cursor ``after``, more follow?): the last ``tail`` of them when tail > 0."""
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id}")
+        if tail > 0:
+            return row, [line for line in self.store.log_tail(run_id, tail) if line.id > after], False
+        lines = self.store.log_lines(run_id, after, limit + 1)
+        return row, lines[:limit], len(lines) > limit
 
     def live_lease(self, run_id: str) -> LiveLease | None:
         """The in-memory lease of ``run_id`` (tests and metrics read it; never mutate it)."""
@@ -540,6 +678,25 @@ class LeaseManager:
                 why = f"the lease was released or expired ({row.status.value})"
         return StaleLeaseError(f"lease for run {run_id} is no longer current: {why}")
 
+    def _may_restart(self, row: RunRow) -> bool:
+        """A failed submitted run goes back to the queue while it has restarts and running time left."""
+        if row.max_restarts is None or row.restarts >= row.max_restarts:
+            return False
+        spec = _spec(row)
+        return spec is None or spec.max_duration_s is None or row.active_s < spec.max_duration_s
+
+    def _callbacks(
+        self, row: RunRow, event: CallbackEvent, metrics: dict[str, float] | None = None
+    ) -> list[NewDelivery]:
+        """The callbacks a change queues (none for a run without callbacks); never fails the change."""
+        if self.callback_outbox is None or row.spec_json is None:
+            return []
+        try:
+            return self.callback_outbox(row, event, metrics)
+        except Exception:
+            log.exception("could not build the callback of run %s", row.run_id)
+            return []
+
     def _must_get(self, run_id: str) -> RunRow:
         row = self.store.get_run(run_id)
         if row is None:  # a live lease without its run row would be a store bug
@@ -552,3 +709,13 @@ class LeaseManager:
                 listener(row, previous)
             except Exception:  # a listener (callbacks, metrics) must never break a lease call
                 log.exception("status listener failed for run %s", row.run_id)
+
+
+def _spec(row: RunRow) -> RunSpec | None:
+    return RunSpec.model_validate_json(row.spec_json) if row.spec_json else None
+
+
+def _end_lease_time(row: RunRow, wall: float) -> None:
+    """Add the ending lease's time to the run's running time (the max_duration_s budget)."""
+    if row.lease_granted_at is not None:
+        row.active_s += max(0.0, wall - row.lease_granted_at)

@@ -73,19 +73,23 @@ def is_closed(status: RunStatus) -> bool:
     return status in CLOSED_STATUSES
 
 
-def status_after_release(outcome: ReleaseOutcome, *, cancel_requested: bool) -> RunStatus:
+def status_after_release(
+    outcome: ReleaseOutcome, *, cancel_requested: bool, restart_allowed: bool = False
+) -> RunStatus:
     """The status a run takes when its holder releases it with ``outcome``.
 
     A cancel request wins over preempted/failed: a run someone asked to stop is
     not handed to the next worker.  A completed run stays completed.
 
-    This is also the one place where commander-level restarts (issue 8:
-    ``max_restarts``) belong: a ``failed`` release of a run with restarts left
-    would map to ``preempted`` here (and count the restart) instead of ``failed``.
-    In issue 2 restarts are the worker's job, so failed stays failed.
+    Commander-level restarts live here: a ``failed`` release of a run that may
+    still be restarted (``restart_allowed``: a submitted run with restarts and
+    running time left, decided by the lease manager, which counts the restart)
+    becomes ``preempted``, so the next worker takes it from its last checkpoint.
     """
     if cancel_requested and outcome is not ReleaseOutcome.completed:
         return S.cancelled
+    if outcome is ReleaseOutcome.failed and restart_allowed:
+        return S.preempted
     return _OUTCOME_STATUS[outcome]
 
 

@@ -4,6 +4,10 @@ Prints one line ``relay commander <version> listening on http://HOST:PORT ...``
 once the socket is bound (``--port 0`` picks a free port; the line says which),
 and shuts down gracefully on SIGTERM: stop accepting, finish requests in
 flight, checkpoint the SQLite WAL, release the state lock, exit 0.
+
+Run callbacks are tuned through the environment (``RELAY_CALLBACK_INTERVAL_S``,
+``_TIMEOUT_S``, ``_BACKOFF_S``, ``_BACKOFF_MAX_S``, ``_MAX_ATTEMPTS``, ``_CONCURRENCY``,
+``_DELIVER``; see ``relay.commander.callbacks.CallbackSettings``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.commander.callbacks import CallbackSettings
 
 DEFAULT_STATE = "./commander_state.db"
 DEFAULT_TTL_S = 60.0
@@ -103,10 +111,16 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from relay.commander.callbacks import CallbackSettings
     from relay.commander.store import StoreError
 
     try:
-        return asyncio.run(_serve(args.host, args.port, state, secret, ttl))
+        callbacks = CallbackSettings.from_env()
+    except ValueError as exc:
+        print(f"relayctl serve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(args.host, args.port, state, secret, ttl, callbacks))
     except StoreError as exc:
         print(f"relayctl serve: error: {exc}", file=sys.stderr)
         return 1
@@ -118,13 +132,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _serve(host: str, port: int, state: str, secret: str | None, ttl: float) -> int:
+async def _serve(
+    host: str, port: int, state: str, secret: str | None, ttl: float, callbacks: CallbackSettings
+) -> int:
     from aiohttp import web
 
     from relay import __version__
     from relay.commander.app import create_app
 
-    app = create_app(state, secret=secret, lease_ttl_s=ttl)
+    app = create_app(state, secret=secret, lease_ttl_s=ttl, callback_settings=callbacks)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:

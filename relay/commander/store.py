@@ -94,11 +94,35 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX logs_run ON logs(run_id, id);
     """,
+    # 2 (issue 8): when the latest checkpoint arrived, running time spent, and the callback outbox.
+    """
+    ALTER TABLE runs ADD COLUMN checkpoint_at REAL;
+    ALTER TABLE runs ADD COLUMN active_s REAL NOT NULL DEFAULT 0;
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL
+    );
+    CREATE INDEX deliveries_run ON deliveries(run_id, id);
+    CREATE TABLE callback_state (
+        run_id TEXT PRIMARY KEY,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at REAL,
+        last_delivery_at REAL,
+        last_status INTEGER,
+        last_error TEXT
+    );
+    """,
 )
 
 #: How much per-run history is kept (older rows are pruned as new ones arrive).
 KEEP_METRICS = 2000
-KEEP_LOGS = 5000
+KEEP_LOGS = 10_000
 _PRUNE_EVERY = 200  # inserts per run between prunes
 
 
@@ -129,6 +153,8 @@ class RunRow:
     lease_worker: str | None = None
     lease_granted_at: float | None = None
     released_lease_id: str | None = None
+    checkpoint_at: float | None = None  # wall clock when latest_checkpoint last changed
+    active_s: float = 0.0  # seconds spent under ended leases (the max_duration_s budget)
 
 
 _COLUMNS = tuple(f.name for f in fields(RunRow))
@@ -167,6 +193,42 @@ class LogRow:
     epoch: int
     stream: str
     line: str
+    id: int = 0  # the row id: the logs endpoint's cursor
+
+
+@dataclass
+class NewDelivery:
+    """A callback to send, written to the outbox in the transaction of the change it reports."""
+
+    event: str
+    payload: str  # JSON of a CallbackPayload
+    created_at: float
+
+
+@dataclass
+class DeliveryRow:
+    id: int
+    run_id: str
+    event: str
+    payload: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+
+
+@dataclass
+class CallbackStateRow:
+    """How a run's deliveries went so far (``pending`` counts its rows in the outbox)."""
+
+    run_id: str
+    pending: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    last_attempt_at: float | None = None
+    last_delivery_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    next_attempt_at: float | None = None
 
 
 def _row_to_run(row: Sequence[object]) -> RunRow:
@@ -415,24 +477,117 @@ class Store:
         ).fetchall()
         return [MetricsRow(ts=r[0], step=r[1], epoch=r[2], metrics=json.loads(r[3])) for r in reversed(rows)]
 
-    def log_lines(self, run_id: str, since_ts: float | None = None, limit: int = 1000) -> list[LogRow]:
-        """Log lines of a run after ``since_ts``, oldest first (issue 8 serves these)."""
+    def log_lines(self, run_id: str, after_id: int = 0, limit: int = 1000) -> list[LogRow]:
+        """Up to ``limit`` log lines of a run after the cursor ``after_id``, oldest first."""
         rows = self._conn.execute(
-            "SELECT ts, epoch, stream, line FROM logs WHERE run_id = ? AND ts > ? ORDER BY id DESC LIMIT ?",
-            (run_id, -1.0 if since_ts is None else since_ts, limit),
+            "SELECT id, ts, epoch, stream, line FROM logs WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (run_id, after_id, limit),
         ).fetchall()
-        return [LogRow(ts=r[0], epoch=r[1], stream=r[2], line=r[3]) for r in reversed(rows)]
+        return [LogRow(id=r[0], ts=r[1], epoch=r[2], stream=r[3], line=r[4]) for r in rows]
+
+    def log_tail(self, run_id: str, count: int) -> list[LogRow]:
+        """The last ``count`` log lines of a run, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, ts, epoch, stream, line FROM logs WHERE run_id = ? ORDER BY id DESC LIMIT ?",
+            (run_id, count),
+        ).fetchall()
+        return [LogRow(id=r[0], ts=r[1], epoch=r[2], stream=r[3], line=r[4]) for r in reversed(rows)]
+
+    def latest_metrics(self, run_id: str) -> dict[str, float] | None:
+        row = self._conn.execute(
+            "SELECT metrics_json FROM metrics WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def count_by_status(self) -> dict[str, int]:
+        return dict(self._conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+
+    def runs_in(self, statuses: Iterable[RunStatus], *, with_spec: bool = False) -> list[RunRow]:
+        """Runs in ``statuses`` (only submitted ones, with ``with_spec``): metrics and heartbeats read these."""
+        values = [s.value for s in statuses]
+        sql = f"{_SELECT} WHERE status IN ({', '.join('?' * len(values))})"
+        if with_spec:
+            sql += " AND spec_json IS NOT NULL"
+        return [_row_to_run(r) for r in self._conn.execute(sql, values)]
+
+    def run_gauges(
+        self, statuses: Iterable[RunStatus]
+    ) -> list[tuple[str, int | None, int | None, int | None, float | None, int]]:
+        """(run_id, step, checkpoint step, remote step, checkpoint_at, restarts) per run: the metrics scrape.
+
+        Plain tuples straight from SQL (the checkpoint step read with json_extract), so a scrape of
+        thousands of runs holds the event loop for milliseconds, not for a model parse per row.
+        """
+        values = [s.value for s in statuses]
+        return self._conn.execute(
+            "SELECT run_id, step, json_extract(latest_checkpoint, '$.step'), remote_step, checkpoint_at, restarts "
+            f"FROM runs WHERE status IN ({', '.join('?' * len(values))}) ORDER BY run_id",
+            values,
+        ).fetchall()
+
+    # ------------------------------------------------------------------ callback outbox (reads)
+
+    def due_deliveries(self, now: float, limit: int, skip_runs: Iterable[str] = ()) -> list[DeliveryRow]:
+        """The oldest pending delivery of each run, when it is due: runs are delivered in order."""
+        skip = list(skip_runs)
+        marks = ", ".join("?" * len(skip))
+        rows = self._conn.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN "
+            "(SELECT MIN(id) FROM deliveries GROUP BY run_id) AND next_attempt_at <= ? "
+            + (f"AND run_id NOT IN ({marks}) " if skip else "")
+            + "ORDER BY next_attempt_at, id LIMIT ?",
+            (now, *skip, limit),
+        ).fetchall()
+        return [DeliveryRow(*r) for r in rows]
+
+    def next_delivery_at(self, skip_runs: Iterable[str] = ()) -> float | None:
+        """When the next run's head delivery falls due (None: the outbox is empty)."""
+        skip = list(skip_runs)
+        marks = ", ".join("?" * len(skip))
+        row = self._conn.execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE id IN "
+            "(SELECT MIN(id) FROM deliveries GROUP BY run_id)"
+            + (f" AND run_id NOT IN ({marks})" if skip else ""),
+            skip,
+        ).fetchone()
+        return row[0] if row else None
+
+    def pending_deliveries(self) -> int:
+        (count,) = self._conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()
+        return int(count)
+
+    def callback_state(self, run_id: str) -> CallbackStateRow:
+        row = self._conn.execute(
+            "SELECT delivered, dropped, last_attempt_at, last_delivery_at, last_status, last_error "
+            "FROM callback_state WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        state = CallbackStateRow(run_id) if row is None else CallbackStateRow(run_id, 0, *row)
+        pending, next_at = self._conn.execute(
+            "SELECT COUNT(*), MIN(next_attempt_at) FROM deliveries WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        state.pending, state.next_attempt_at = int(pending), next_at
+        return state
 
     # ------------------------------------------------------------------ writes
 
-    def save_run(self, run: RunRow, events: Sequence[NewEvent] = (), *, durable: bool = True) -> None:
-        """Insert or update ``run`` and append ``events`` in one transaction.
+    def save_run(
+        self,
+        run: RunRow,
+        events: Sequence[NewEvent] = (),
+        *,
+        durable: bool = True,
+        outbox: Sequence[NewDelivery] = (),
+    ) -> None:
+        """Insert or update ``run``, append ``events`` and queue ``outbox`` callbacks in one transaction.
 
         ``durable=True`` (the default) is for changes of ownership and status: the
-        commit is fsynced before this returns.
+        commit is fsynced before this returns.  A callback is queued in the same
+        transaction as the change it reports, so neither exists without the other.
         """
         work: list[tuple[str, Sequence[object]]] = [(_UPSERT, _run_to_params(run))]
         work += [_event_insert(run.run_id, e) for e in events]
+        work += [_delivery_insert(run.run_id, d) for d in outbox]
         self._write(durable, work)
 
     def save_report(
@@ -441,10 +596,12 @@ class Store:
         events: Sequence[NewEvent] = (),
         metrics: MetricsRow | None = None,
         logs: Sequence[LogRow] = (),
+        outbox: Sequence[NewDelivery] = (),
     ) -> None:
         """Progress of a run (step, checkpoint, metrics, events, log tail): committed without a fsync."""
         work: list[tuple[str, Sequence[object]]] = [(_UPSERT, _run_to_params(run))]
         work += [_event_insert(run.run_id, e) for e in events]
+        work += [_delivery_insert(run.run_id, d) for d in outbox]
         if metrics is not None:
             work.append(
                 (
@@ -465,6 +622,91 @@ class Store:
             work += _prune_statements(run.run_id)
         self._inserts_since_prune[run.run_id] = count
         self._write(False, work)
+
+    # ------------------------------------------------------------------ callback outbox (writes)
+
+    def queue_heartbeat(self, run_id: str, delivery: NewDelivery) -> None:
+        """Queue a heartbeat, replacing one still waiting, so a receiver that is down never piles them up."""
+        self._write(
+            False,
+            [
+                (
+                    "UPDATE deliveries SET payload = ?, created_at = ? WHERE run_id = ? AND event = ?",
+                    (delivery.payload, delivery.created_at, run_id, delivery.event),
+                ),
+                (
+                    "INSERT INTO deliveries (run_id, event, payload, created_at, next_attempt_at) "
+                    "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM deliveries WHERE run_id = ? AND event = ?)",
+                    (run_id, delivery.event, delivery.payload, delivery.created_at, delivery.created_at)
+                    + (run_id, delivery.event),
+                ),
+            ],
+        )
+
+    def delivery_succeeded(self, delivery: DeliveryRow, now: float, http_status: int) -> None:
+        self._write(
+            False,
+            [
+                ("DELETE FROM deliveries WHERE id = ?", (delivery.id,)),
+                *_callback_state_update(
+                    delivery.run_id,
+                    "delivered = delivered + 1, last_attempt_at = ?, last_delivery_at = ?, last_status = ?, "
+                    "last_error = NULL",
+                    (now, now, http_status),
+                ),
+            ],
+        )
+
+    def delivery_failed(
+        self, delivery: DeliveryRow, now: float, http_status: int | None, error: str, retry_at: float | None
+    ) -> None:
+        """Record a failed attempt; ``retry_at`` None drops the delivery (its retries are used up)."""
+        if retry_at is None:
+            first: tuple[str, Sequence[object]] = ("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
+            counts = "dropped = dropped + 1, "
+        else:
+            first = (
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?",
+                (retry_at, delivery.id),
+            )
+            counts = ""
+        self._write(
+            False,
+            [
+                first,
+                *_callback_state_update(
+                    delivery.run_id,
+                    counts + "last_attempt_at = ?, last_status = ?, last_error = ?",
+                    (now, http_status, error),
+                ),
+            ],
+        )
+
+    def retry_deliveries_now(self, now: float) -> None:
+        """After a restart every waiting delivery gets a fresh chance at once."""
+        self._write(
+            False, [("UPDATE deliveries SET next_attempt_at = ? WHERE next_attempt_at > ?", (now, now))]
+        )
+
+
+_DELIVERY_COLUMNS = "id, run_id, event, payload, created_at, attempts, next_attempt_at"
+
+
+def _delivery_insert(run_id: str, delivery: NewDelivery) -> tuple[str, Sequence[object]]:
+    return (
+        "INSERT INTO deliveries (run_id, event, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+        (run_id, delivery.event, delivery.payload, delivery.created_at, delivery.created_at),
+    )
+
+
+def _callback_state_update(
+    run_id: str, assignments: str, params: tuple[object, ...]
+) -> list[tuple[str, Sequence[object]]]:
+    return [
+        ("INSERT INTO callback_state (run_id) VALUES (?) ON CONFLICT(run_id) DO NOTHING", (run_id,)),
+        (f"UPDATE callback_state SET {assignments} WHERE run_id = ?", (*params, run_id)),
+    ]
 
 
 def _event_insert(run_id: str, event: NewEvent) -> tuple[str, Sequence[object]]:

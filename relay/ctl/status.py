@@ -129,6 +129,19 @@ def format_detail(run: RunDetail) -> str:
     else:
         kv("checkpoint", "-")
     kv("remote step", _dash(run.remote_step))
+    if run.max_restarts is not None or run.restarts:
+        budget = f" of {run.max_restarts}" if run.max_restarts is not None else ""
+        kv("restarts", f"{run.restarts}{budget}")
+    if run.spec is not None:
+        kv("priority", str(run.priority))
+    if run.callbacks is not None:
+        cb = run.callbacks
+        state = f"{cb.delivered} delivered, {cb.pending} pending" + (
+            f", {cb.dropped} dropped" if cb.dropped else ""
+        )
+        if cb.last_error:
+            state += f"; last error {cb.last_error} at {_when(cb.last_attempt_at)}"
+        kv("callbacks", f"{cb.webhook_url}: {state}")
     if run.detail:
         kv("detail", run.detail)
     kv("created", _when(run.created_at))

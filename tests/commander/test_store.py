@@ -106,7 +106,9 @@ def test_history_is_pruned_per_run(tmp_path, monkeypatch):
     assert 5 <= len(history) < 5 + 3 and history[-1].step == 29
     lines = store.log_lines("r1", limit=100)
     assert 7 <= len(lines) < 7 + 6 and lines[-1].line == "line 29"
-    assert [line.line for line in store.log_lines("r1", since_ts=27.0)] == ["line 28", "line 29"]
+    cursor = lines[-3].id  # the line of step 27
+    assert [line.line for line in store.log_lines("r1", after_id=cursor)] == ["line 28", "line 29"]
+    assert [line.line for line in store.log_tail("r1", 2)] == ["line 28", "line 29"]
     store.close()
 
 

@@ -82,5 +82,7 @@ def test_a_submitted_spec_decides_what_is_trained() -> None:
         60,
     )
     assert eff.worker_id == base.worker_id and effective_config(base, None) is base
+    # the commander refuses such a spec at submit; the worker still checks what a grant carries
+    unchecked = RunSpec.model_construct(**{**RunSpec().model_dump(), "remote": "s3://nope"})
     with pytest.raises(ConfigError, match="remote.*run spec"):
-        effective_config(base, RunSpec(remote="s3://nope"))
+        effective_config(base, unchecked)

@@ -1,0 +1,151 @@
+"""A real HTTP callback receiver on loopback (aiohttp in its own thread), usable from sync and async tests.
+
+It records every request it answers with 2xx (headers and JSON body) and counts every attempt, and
+can be told to fail: answer ``fail_status`` (500) while ``failing`` is set, or hold each request
+``delay_s`` seconds.  ``Receiver(port=P)`` binds a port chosen earlier, so a test can point a
+callback at a closed port (connection refused) and start the receiver there later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+
+class Receiver:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.failing = False
+        self.fail_status = 500
+        self.delay_s = 0.0
+        self.attempts = 0
+        self._received: list[Received] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Receiver:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start())
+            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="callback-receiver", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.attempts += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.failing:
+            return web.Response(status=self.fail_status, text="receiver failing on purpose")
+        body = await request.json()
+        with self._lock:
+            self._received.append(Received(dict(request.headers), body, time.time()))
+        return web.Response(text="ok")
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def events(self, run_id: str | None = None) -> list[str]:
+        return [r.body["event"] for r in self.received if run_id is None or r.body["run_id"] == run_id]
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Poll ``cond`` (from a sync test); AssertionError with what arrived when it stays false."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            time.sleep(0.02)
+        if not cond():
+            raise AssertionError(f"condition not met in {timeout}s; received {self.events()}")
+
+
+async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``cond`` from an async test without blocking the loop (the commander runs on it)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    value = cond()
+    assert value, f"{what} not met within {timeout}s"
+    return value
+
+
+async def until_async(
+    cond: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Like :func:`until` for a condition that must await (an API call)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = await cond()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    value = await cond()
+    assert value, f"{what} not met within {timeout}s"
+    return value
