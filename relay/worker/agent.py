@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.config import ConfigError, WorkerConfig, validate_config
+from relay.ids import InvalidIdError
 from relay.worker.events import EventLog
 from relay.worker.launcher import TrainerLog, TrainerProcess, trainer_argv
 from relay.worker.lease_keeper import Fence, LeaseKeeper
@@ -261,6 +262,10 @@ class Agent:
             grant, sent_at = got
             try:
                 session = RunSession(self, client, grant, sent_at)
+            except InvalidIdError as exc:  # a run id no commander may grant: touch nothing on the volume
+                print(f"relay worker: the commander granted an unusable run id: {exc}", file=sys.stderr)
+                self.goto(S.DONE)
+                return EXIT_COMMANDER
             except ConfigError as exc:  # the run's spec does not make a valid configuration
                 outcome = await _release_unusable(self, client, grant, str(exc))
                 if not pool:

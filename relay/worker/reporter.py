@@ -91,10 +91,26 @@ class Reporter:
                 await self._task
             self._task = None
 
-    async def flush(self, timeout_s: float) -> None:
-        """Send queued events and new log lines now, bounded by ``timeout_s`` (before a release)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._send_all(), timeout=max(0.05, timeout_s))
+    async def flush(self, timeout_s: float) -> bool:
+        """Send queued events, the latest step and checkpoint, and new log lines now, retrying until the
+        commander took them or ``timeout_s`` runs out (before a release). True when everything went out.
+
+        Retried, not tried once: a run that completes during a commander blip must not be released with
+        the commander still showing its previous checkpoint (found by the chaos soak)."""
+        deadline = time.monotonic() + max(0.05, timeout_s)
+        delay = 0.05
+        while not self.fence.tripped:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                if await asyncio.wait_for(self._send_all(), timeout=remaining):
+                    return True
+            except asyncio.TimeoutError:
+                return False
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+        return False
 
     async def _run(self) -> None:
         while not self.fence.tripped:
@@ -105,7 +121,8 @@ class Reporter:
                 return
             await self._send_all()
 
-    async def _send_all(self) -> None:
+    async def _send_all(self) -> bool:
+        """One pass over what is queued; True when the commander took all of it."""
         async with self._lock:
             # events first, one report each (each also carries step, metrics and new log lines)
             sent = False
@@ -117,11 +134,14 @@ class Reporter:
                     self.events.ack(record)
                     continue
                 if not await self._send(record):
-                    return
+                    return False
                 self.events.ack(record)
                 sent = True
-            if not self.fence.tripped and (not sent or self.trainer_log.last_seq > self._log_seq):
-                await self._send(None)
+            if self.fence.tripped:
+                return False
+            if not sent or self.trainer_log.last_seq > self._log_seq:
+                return await self._send(None)
+            return True
 
     def _request(self, record: dict[str, Any] | None) -> Any:
         from relay.schema import CheckpointRef, LogLine, ReportRequest

@@ -138,6 +138,8 @@ class ChaosReport:
     fenced_reasons: list[str] = field(default_factory=list)
     exit_codes: Counter[int] = field(default_factory=Counter)
     commander_restarts: int = 0
+    restarts_that_fenced: int = 0  # commander restarts after which some worker fenced itself
+    fenced_by_cause: Counter[str] = field(default_factory=Counter)  # partition, commander_restart, other
     partitions: int = 0
     trainers: int = 0
     epochs: int = 0
@@ -176,8 +178,10 @@ class ChaosReport:
             "max_steps_lost_hard_kill_same_volume": self.max_lost(hard=True, same_volume=True),
             "max_steps_lost_hard_kill_other_volume": self.max_lost(hard=True, same_volume=False),
             "max_steps_lost_graceful": self.max_lost(hard=False),
-            "commander_restarts_survived": self.commander_restarts,
+            "commander_restarts": self.commander_restarts,
+            "commander_restarts_survived": self.commander_restarts - self.restarts_that_fenced,
             "partitions": self.partitions,
+            "fenced_by_cause": dict(sorted(self.fenced_by_cause.items())),
             "worker_exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items())},
         }
 
@@ -191,7 +195,9 @@ class ChaosReport:
 # ------------------------------------------------------------------------------------------ building
 
 
-def build_lives(mock_records: list[dict[str, Any]], deaths: dict[tuple[int, float], float | None]) -> list[Life]:
+def build_lives(
+    mock_records: list[dict[str, Any]], deaths: dict[tuple[int, float], float | None]
+) -> list[Life]:
     """Trainer lives from the mock logs (records in file order, one file per worker)."""
     lives: list[Life] = []
     current: dict[tuple[str, int], Life] = {}
@@ -272,7 +278,9 @@ def check(
         ok = code in (0, 3, -9) or (code == -15 and held <= ended)
         if not ok:
             tail = _tail(Path(w["log_path"]))
-            v.append(Violation("worker_crash", w.get("run_id"), f"worker {w['worker_id']} exited {code}: {tail}"))
+            v.append(
+                Violation("worker_crash", w.get("run_id"), f"worker {w['worker_id']} exited {code}: {tail}")
+            )
 
     for run_id in sorted(set(events_by_run) | set(lives_by_run) | set(expected_runs)):
         _check_run(
@@ -287,15 +295,67 @@ def check(
 
     rep.runs_expected = len(expected_runs)
     for run_id in expected_runs:
-        problems = _completion(run_id, lives_by_run.get(run_id, []), commander_runs.get(run_id), remote_states.get(run_id), max_steps)
+        problems = _completion(
+            run_id,
+            lives_by_run.get(run_id, []),
+            commander_runs.get(run_id),
+            remote_states.get(run_id),
+            max_steps,
+        )
         if problems:
             v.append(Violation("incomplete", run_id, "; ".join(problems)))
         else:
             rep.runs_completed += 1
-    for ev in worker_events:
-        if ev.get("event") == "fenced":
-            rep.fenced_reasons.append(f"{ev.get('run_id')} epoch {ev.get('epoch')}: {ev.get('message')}")
+    _attribute_fences(rep, worker_events, list(actions))
     return rep
+
+
+def _attribute_fences(
+    rep: ChaosReport, worker_events: list[dict[str, Any]], actions: list[dict[str, Any]]
+) -> None:
+    """Why each worker fenced itself: its link was cut, the commander was down, or neither (suspicious:
+    a worker that could not renew on a healthy loopback). A restart after which a worker fenced itself
+    was not survived: the promise is that an outage shorter than the margin is ridden through."""
+    ttl = max((float(a.get("ttl_s", 0)) for a in actions if a.get("action") == "settings"), default=0.0)
+    cuts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for a in actions:
+        if a.get("action") == "partition":
+            heal = next(
+                (
+                    h["ts"]
+                    for h in actions
+                    if h.get("action") == "heal"
+                    and h.get("worker_id") == a["worker_id"]
+                    and h["ts"] >= a["ts"]
+                ),
+                float("inf"),
+            )
+            cuts[a["worker_id"]].append((a["ts"], heal))
+    outages: list[tuple[float, float]] = []
+    for a in actions:
+        if a.get("action") == "commander_kill":
+            up = next(
+                (u["ts"] for u in actions if u.get("action") == "commander_up" and u["ts"] >= a["ts"]),
+                float("inf"),
+            )
+            outages.append((a["ts"], up))
+    fenced_restarts: set[float] = set()
+    for ev in worker_events:
+        if ev.get("event") != "fenced":
+            continue
+        ts = float(ev["ts"])
+        window = max(ttl, 3.0)  # a fence follows its cause by at most ttl - margin (+ a kill grace)
+        if any(start <= ts <= end + window for start, end in cuts.get(str(ev.get("worker_id")), [])):
+            cause = "partition"
+        else:
+            hit = [start for start, end in outages if start <= ts <= end + window]
+            cause = "commander_restart" if hit else "other"
+            fenced_restarts.update(hit)
+        rep.fenced_by_cause[cause] += 1
+        rep.fenced_reasons.append(
+            f"{ev.get('run_id')} epoch {ev.get('epoch')} ({cause}): {ev.get('message')}"
+        )
+    rep.restarts_that_fenced = len(fenced_restarts)
 
 
 def _tail(path: Path, n: int = 6) -> str:
@@ -322,7 +382,13 @@ def _check_run(
     latest_death, latest_who = float("-inf"), None
     for life in lives:
         if life.death_ts is None:
-            v.append(Violation("trainer_outlived", run_id, f"trainer pid {life.pid} (epoch {life.epoch}, {life.worker_id}) still alive after every worker stopped"))
+            v.append(
+                Violation(
+                    "trainer_outlived",
+                    run_id,
+                    f"trainer pid {life.pid} (epoch {life.epoch}, {life.worker_id}) still alive after every worker stopped",
+                )
+            )
         if latest_who is not None and latest_death >= life.start_ts:
             v.append(
                 Violation(
@@ -335,9 +401,15 @@ def _check_run(
         death = life.death_ts if life.death_ts is not None else float("inf")
         if death >= latest_death:
             latest_death, latest_who = death, f"pid {life.pid} (epoch {life.epoch}, {life.worker_id})"
-    for prev, nxt in zip(lives, lives[1:]):
+    for prev, nxt in zip(lives, lives[1:], strict=False):
         if nxt.epoch < prev.epoch:
-            v.append(Violation("epoch_order", run_id, f"trainer of epoch {nxt.epoch} started after one of epoch {prev.epoch}"))
+            v.append(
+                Violation(
+                    "epoch_order",
+                    run_id,
+                    f"trainer of epoch {nxt.epoch} started after one of epoch {prev.epoch}",
+                )
+            )
 
     # -- grants: strictly increasing epochs, none twice (workers' events and the commander's)
     acquired = sorted((e for e in events if e.get("event") == "acquired"), key=lambda e: e["ts"])
@@ -348,7 +420,9 @@ def _check_run(
     if detail is not None:
         cmd_events = detail.get("events") or []
         cmd_acq = sorted((e for e in cmd_events if e.get("name") == "acquired"), key=lambda e: e["ts"])
-        _strictly_increasing(v, run_id, [(e["epoch"], e.get("worker_id")) for e in cmd_acq], "commander events")
+        _strictly_increasing(
+            v, run_id, [(e["epoch"], e.get("worker_id")) for e in cmd_acq], "commander events"
+        )
         granted_at = {int(e["epoch"]): float(e["ts"]) for e in cmd_acq}
         for e in cmd_events:
             if e.get("name") not in REPORTED_EVENTS:
@@ -373,26 +447,52 @@ def _check_run(
         group = by_epoch[epoch]
         owners = {life.worker_id for life in group}
         if len(owners) > 1:
-            v.append(Violation("duplicate_epoch", run_id, f"epoch {epoch} trained by several workers: {sorted(owners)}"))
+            v.append(
+                Violation(
+                    "duplicate_epoch", run_id, f"epoch {epoch} trained by several workers: {sorted(owners)}"
+                )
+            )
         worker_id = group[0].worker_id
         grant = grant_of.get(epoch)
         if grant is None or grant.get("worker_id") != worker_id:
-            v.append(Violation("trainer_without_lease", run_id, f"{worker_id} ran a trainer under epoch {epoch} without that grant"))
-        ends = [e for e in events if e.get("epoch") == epoch and e.get("worker_id") == worker_id and e.get("event") in END_EVENTS]
+            v.append(
+                Violation(
+                    "trainer_without_lease",
+                    run_id,
+                    f"{worker_id} ran a trainer under epoch {epoch} without that grant",
+                )
+            )
+        ends = [
+            e
+            for e in events
+            if e.get("epoch") == epoch and e.get("worker_id") == worker_id and e.get("event") in END_EVENTS
+        ]
         end = _end_of(ends, workers.get(worker_id, {}))
         rep.ends[end] += 1
-        segments.append(Segment(run_id, epoch, worker_id, group[0].volume, group, grant["ts"] if grant else None, end))
+        segments.append(
+            Segment(run_id, epoch, worker_id, group[0].volume, group, grant["ts"] if grant else None, end)
+        )
         _check_resume(v, run_id, group, events, lives)
     rep.epochs += len({int(e["epoch"]) for e in acquired})
 
     # -- what each new epoch resumed from, against what the previous one reached and what was durable
-    synced = [(int(e["step"]), float(e["ts"])) for e in events if e.get("event") == "checkpoint_synced" and "step" in e]
-    for prev, nxt in zip(segments, segments[1:]):
+    synced = [
+        (int(e["step"]), float(e["ts"]))
+        for e in events
+        if e.get("event") == "checkpoint_synced" and "step" in e
+    ]
+    for prev, nxt in zip(segments, segments[1:], strict=False):
         lost = prev.last_step - nxt.resume_step
         same = prev.volume == nxt.volume
         rep.losses.append(Loss(run_id, prev.epoch, prev.end, lost, same))
         if prev.end == "completed":
-            v.append(Violation("closed_run_granted", run_id, f"epoch {nxt.epoch} trained after epoch {prev.epoch} completed"))
+            v.append(
+                Violation(
+                    "closed_run_granted",
+                    run_id,
+                    f"epoch {nxt.epoch} trained after epoch {prev.epoch} completed",
+                )
+            )
         elif prev.end == "graceful" and lost > 0:
             v.append(
                 Violation(
@@ -440,7 +540,13 @@ def _strictly_increasing(v: list[Violation], run_id: str, grants: list[tuple[int
     for epoch, who in grants:
         epoch = int(epoch)
         if epoch in seen:
-            v.append(Violation("duplicate_epoch", run_id, f"epoch {epoch} granted twice ({seen[epoch]}, {who}) in {where}"))
+            v.append(
+                Violation(
+                    "duplicate_epoch",
+                    run_id,
+                    f"epoch {epoch} granted twice ({seen[epoch]}, {who}) in {where}",
+                )
+            )
         elif last is not None and epoch <= last:
             v.append(Violation("epoch_order", run_id, f"epoch {epoch} granted after epoch {last} in {where}"))
         seen.setdefault(epoch, who)
@@ -449,8 +555,12 @@ def _strictly_increasing(v: list[Violation], run_id: str, grants: list[tuple[int
 
 def _end_of(ends: list[dict[str, Any]], worker: dict[str, Any]) -> str:
     if ends:
-        last = ends[-1]["event"]
-        return "graceful" if last == "preempted" else last
+        last = ends[-1]
+        if last["event"] == "preempted":
+            return "graceful"
+        if last["event"] in ("completed", "cancelled") and last.get("released") is False:
+            return f"{last['event']}_unreleased"  # the commander never heard it: the run stays open
+        return str(last["event"])
     if any(sig == "SIGKILL" for _, sig in worker.get("signals", [])) or worker.get("exit_code") == -9:
         return "killed"
     return "vanished"
@@ -460,13 +570,27 @@ def _check_resume(
     v: list[Violation], run_id: str, group: list[Life], events: list[dict[str, Any]], all_lives: list[Life]
 ) -> None:
     first = group[0]
-    resumed = [e for e in events if e.get("event") == "resumed" and e.get("epoch") == first.epoch and e.get("worker_id") == first.worker_id]
+    resumed = [
+        e
+        for e in events
+        if e.get("event") == "resumed"
+        and e.get("epoch") == first.epoch
+        and e.get("worker_id") == first.worker_id
+    ]
     if not resumed:
-        v.append(Violation("resume_unverified", run_id, f"epoch {first.epoch}: no resumed event from {first.worker_id}"))
+        v.append(
+            Violation(
+                "resume_unverified", run_id, f"epoch {first.epoch}: no resumed event from {first.worker_id}"
+            )
+        )
     else:
         ev = resumed[0]
         source, step = ev.get("source"), int(ev.get("step") or 0)
-        if step != first.start_step or (source == "cold_start") != (first.start_step == 0) or source not in ("local", "remote", "cold_start"):
+        if (
+            step != first.start_step
+            or (source == "cold_start") != (first.start_step == 0)
+            or source not in ("local", "remote", "cold_start")
+        ):
             v.append(
                 Violation(
                     "resume_unverified",
@@ -477,14 +601,26 @@ def _check_resume(
     for life in group:
         if life.start_step == 0:
             if life.resume_from:
-                v.append(Violation("resume_unverified", run_id, f"pid {life.pid} started at step 0 from {life.resume_from}"))
+                v.append(
+                    Violation(
+                        "resume_unverified",
+                        run_id,
+                        f"pid {life.pid} started at step 0 from {life.resume_from}",
+                    )
+                )
             continue
         m = _STEP_DIR.search(life.resume_from.rstrip("/"))
         if m is None or int(m.group(1)) != life.start_step:
             v.append(
-                Violation("resume_unverified", run_id, f"pid {life.pid} resumed at step {life.start_step} from {life.resume_from!r}")
+                Violation(
+                    "resume_unverified",
+                    run_id,
+                    f"pid {life.pid} resumed at step {life.start_step} from {life.resume_from!r}",
+                )
             )
-        written = any(s == life.start_step and ts < life.start_ts for other in all_lives for s, ts in other.saves)
+        written = any(
+            s == life.start_step and ts < life.start_ts for other in all_lives for s, ts in other.saves
+        )
         if not written:
             v.append(
                 Violation(
@@ -496,7 +632,11 @@ def _check_resume(
 
 
 def _completion(
-    run_id: str, lives: list[Life], detail: dict[str, Any] | None, remote: dict[str, Any] | None, max_steps: int
+    run_id: str,
+    lives: list[Life],
+    detail: dict[str, Any] | None,
+    remote: dict[str, Any] | None,
+    max_steps: int,
 ) -> list[str]:
     problems = []
     if detail is None:

@@ -127,14 +127,16 @@ class PidWatcher:
     def __init__(self, period_s: float = 0.005) -> None:
         self.period_s = period_s
         self.trainers: dict[tuple[int, float], TrainerSeen] = {}
-        self._tails: dict[str, tuple[JsonlTail, str]] = {}
+        self._tails: dict[str, _Watched] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="chaos-pid-watcher", daemon=True)
 
-    def watch_log(self, path: Path, worker_id: str) -> None:
+    def watch_log(self, path: Path, worker_id: str, running: Callable[[], bool] | None = None) -> None:
+        """Learn trainers from ``path``; once ``running()`` is False (the worker exited) the log is read
+        for two more seconds, then no more (a soak starts hundreds of workers)."""
         with self._lock:
-            self._tails.setdefault(str(path), (JsonlTail(path), worker_id))
+            self._tails.setdefault(str(path), _Watched(JsonlTail(path), worker_id, running))
 
     def start(self) -> PidWatcher:
         self._thread.start()
@@ -169,9 +171,15 @@ class PidWatcher:
 
     def _poll(self) -> None:
         with self._lock:
-            tails = list(self._tails.values())
-        for tail, worker_id in tails:
-            for rec in tail.read_new():
+            watched = list(self._tails.items())
+        for key, w in watched:
+            worker_id = w.worker_id
+            if w.running is not None and not w.running():
+                w.retire_at = w.retire_at or time.monotonic() + 2.0
+                if time.monotonic() > w.retire_at:
+                    with self._lock:
+                        self._tails.pop(key, None)
+            for rec in w.tail.read_new():
                 if rec.get("event") != "start":
                     continue
                 pid = int(rec["pid"])
@@ -193,6 +201,14 @@ class PidWatcher:
             for t in self.trainers.values():
                 if t.death_ts is None and not pid_alive(t.pid, t.starttime):
                     t.death_ts = now
+
+
+@dataclass
+class _Watched:
+    tail: JsonlTail
+    worker_id: str
+    running: Callable[[], bool] | None
+    retire_at: float | None = None
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -344,6 +360,7 @@ class ChaosCluster:
             d.mkdir(parents=True, exist_ok=True)
         self.commander.start()
         self.watcher.start()
+        self.note("settings", **{k: v for k, v in asdict(self.s).items() if k != "secret"})
         return self
 
     def close(self) -> None:
@@ -381,7 +398,9 @@ class ChaosCluster:
         busy = {w.volume for w in self.live_workers()}
         return [v for v in self.volumes if v not in busy]
 
-    def worker_env(self, worker_id: str, volume: Path, run_id: str | None, commander_url: str) -> dict[str, str]:
+    def worker_env(
+        self, worker_id: str, volume: Path, run_id: str | None, commander_url: str
+    ) -> dict[str, str]:
         s = self.s
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
         for key in ("HF_TOKEN", "HF_REPO", "RUN_ID", "WORKER_ID", "TRAIN", "MODE", "COMMANDER_URL"):
@@ -438,7 +457,8 @@ class ChaosCluster:
         env.update(extra_env or {})
         mock_log = Path(env["RELAY_MOCK_LOG"])
         log_path = self.workdir / "logs" / f"{worker_id}.log"
-        self.watcher.watch_log(mock_log, worker_id)
+        handle: list[WorkerHandle] = []
+        self.watcher.watch_log(mock_log, worker_id, lambda: not handle or handle[0].exit_code is None)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "relay.cli", "worker"],
@@ -449,8 +469,11 @@ class ChaosCluster:
                 stdin=subprocess.DEVNULL,
             )
         w = WorkerHandle(worker_id, volume, run_id, mock_log, log_path, proc, time.time(), proxy)
+        handle.append(w)
         self.workers.append(w)
-        self.note("spawn", worker_id=worker_id, run_id=run_id, volume=str(volume), pid=proc.pid, via_proxy=via_proxy)
+        self.note(
+            "spawn", worker_id=worker_id, run_id=run_id, volume=str(volume), pid=proc.pid, via_proxy=via_proxy
+        )
         return w
 
     def signal_worker(self, w: WorkerHandle, sig: signal.Signals, **fields: Any) -> None:
@@ -577,7 +600,14 @@ class ChaosDriver:
                     self.runs.append(f"run-{len(self.runs):03d}")
 
     def _fill(self, *, allow_pool: bool) -> None:
-        """Keep ``workers`` workers alive, each on a free volume."""
+        """Keep ``workers`` workers alive, each on a free volume; close the links of those that exited."""
+        for w in self.c.workers:
+            if (
+                w.proxy is not None
+                and w.exit_code is not None
+                and not any(p is w for p, _ in self.partitions)
+            ):
+                w.proxy.close()  # a soak starts hundreds of workers: do not keep their proxies' threads
         open_runs = self._open_runs()
         if not open_runs:
             return

@@ -30,7 +30,7 @@ from typing import Literal
 Mode = Literal["open", "blackhole", "reset"]
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: connections live in a set
 class _Conn:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
@@ -67,6 +67,7 @@ class TcpProxy:
         self._conns: set[_Conn] = set()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -96,10 +97,11 @@ class TcpProxy:
         self._call(self._set_mode, "open")
 
     def close(self) -> None:
-        if self._loop is None:
+        if self._loop is None or self._closed:
             return
         with contextlib.suppress(RuntimeError):
             self._call(self._shutdown)
+        self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
@@ -112,7 +114,9 @@ class TcpProxy:
         self.close()
 
     def _call(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
-        """Run ``fn`` on the proxy's loop and wait until it has run."""
+        """Run ``fn`` on the proxy's loop and wait until it has run (nothing to do once closed)."""
+        if self._closed:
+            return
         if self._loop is None:
             raise RuntimeError("tcp proxy not started")
 
@@ -172,7 +176,9 @@ class TcpProxy:
         try:
             if self.mode == "open":
                 try:
-                    up_reader, conn.upstream = await asyncio.open_connection(self.target_host, self.target_port)
+                    up_reader, conn.upstream = await asyncio.open_connection(
+                        self.target_host, self.target_port
+                    )
                 except OSError:
                     _abort(writer)
                     return

@@ -1,0 +1,197 @@
+"""The chaos checker itself: a clean history passes, and each broken promise is caught by name.
+
+The chaos tests are only as good as this checker, so every invariant is shown failing on a small
+hand-written history (two epochs of one run, on one volume) with exactly one thing wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.helpers.chaos_checks import FENCING_KINDS, check
+
+RUN = "r"
+VOL = "/vol-a"
+MAX_STEPS = 20
+SAVE = 5
+
+
+def _mock(worker: str, pid: int, epoch: int, event: str, ts: float, **kw: Any) -> dict[str, Any]:
+    return {
+        "event": event,
+        "pid": pid,
+        "epoch": epoch,
+        "run_id": RUN,
+        "ts": ts,
+        "_worker_id": worker,
+        "_volume": VOL,
+        **kw,
+    }
+
+
+def _ev(worker: str, epoch: int, event: str, ts: float, **kw: Any) -> dict[str, Any]:
+    return {
+        "event": event,
+        "run_id": RUN,
+        "worker_id": worker,
+        "epoch": epoch,
+        "ts": ts,
+        "_volume": VOL,
+        **kw,
+    }
+
+
+def history() -> dict[str, Any]:
+    """w1 trains steps 1-12 (saves 5, 10) and is SIGKILLed; w2 on the same volume resumes at 10 and completes."""
+    mock = [_mock("w1", 100, 1, "start", 1.1, step=0, resume_from="")]
+    mock += [_mock("w1", 100, 1, "step", 1.1 + 0.1 * s, step=s) for s in range(1, 13)]
+    mock += [_mock("w1", 100, 1, "save", 1.65, step=5), _mock("w1", 100, 1, "save", 2.15, step=10)]
+    mock.sort(key=lambda r: r["ts"])
+    mock2 = [_mock("w2", 200, 2, "start", 7.1, step=10, resume_from=f"{VOL}/runs/r/ckpt/step_00000010")]
+    mock2 += [_mock("w2", 200, 2, "step", 7.1 + 0.1 * (s - 10), step=s) for s in range(11, 21)]
+    mock2 += [_mock("w2", 200, 2, "save", 7.65, step=15), _mock("w2", 200, 2, "save", 8.15, step=20)]
+    mock2.sort(key=lambda r: r["ts"])
+    mock2.append(_mock("w2", 200, 2, "exit", 8.2, step=20, reason="done"))
+    events = [
+        _ev("w1", 1, "acquired", 1.0),
+        _ev("w1", 1, "resumed", 1.05, step=0, source="cold_start"),
+        _ev("w1", 1, "checkpoint_synced", 1.7, step=5),
+        _ev("w2", 2, "acquired", 7.0),
+        _ev("w2", 2, "resumed", 7.05, step=10, source="local"),
+        _ev("w2", 2, "checkpoint_synced", 8.3, step=20),
+        _ev("w2", 2, "completed", 8.4),
+    ]
+    commander = {
+        "status": "completed",
+        "step": MAX_STEPS,
+        "latest_checkpoint": {"step": MAX_STEPS, "path": "x"},
+        "events": [
+            {"ts": 1.0, "epoch": 1, "name": "acquired", "worker_id": "w1"},
+            {"ts": 1.8, "epoch": 1, "name": "checkpoint_committed", "worker_id": "w1"},
+            {"ts": 7.0, "epoch": 2, "name": "acquired", "worker_id": "w2"},
+            {"ts": 8.4, "epoch": 2, "name": "completed", "worker_id": "w2"},
+        ],
+    }
+    return {
+        "mock_records": mock + mock2,
+        "deaths": {(100, 1.1): 3.0, (200, 7.1): 8.3},
+        "worker_events": events,
+        "workers": [
+            {"worker_id": "w1", "exit_code": -9, "signals": [(3.0, "SIGKILL")], "log_path": "/nonexistent"},
+            {"worker_id": "w2", "exit_code": 0, "signals": [], "log_path": "/nonexistent"},
+        ],
+        "commander_runs": {RUN: commander},
+        "remote_states": {RUN: {"step": MAX_STEPS, "epoch": 2}},
+        "expected_runs": [RUN],
+        "max_steps": MAX_STEPS,
+        "save_steps": SAVE,
+    }
+
+
+def kinds(h: dict[str, Any]) -> set[str]:
+    return {v.kind for v in check(**h).violations}
+
+
+def test_a_clean_history_passes_with_its_figures() -> None:
+    report = check(**history())
+    assert report.violations == []
+    assert report.runs_completed == 1
+    assert report.ends == {"killed": 1, "completed": 1}
+    assert report.max_lost(hard=True) == 2 and report.max_lost(hard=True, same_volume=True) == 2
+
+
+def _mutate(fn) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    h = copy.deepcopy(history())
+    fn(h)
+    return h
+
+
+def _set_death(h: dict[str, Any], key: tuple[int, float], ts: float | None) -> None:
+    h["deaths"][key] = ts
+
+
+def _graceful(h: dict[str, Any]) -> None:
+    h["worker_events"].append(_ev("w1", 1, "preempted", 3.0, released=True))
+    h["workers"][0].update(exit_code=0, signals=[(2.9, "SIGTERM")])
+
+
+def _lose_a_checkpoint(h: dict[str, Any]) -> None:  # w1 reached 17 and saved 15, w2 still resumes at 10
+    h["mock_records"] += [_mock("w1", 100, 1, "step", 2.5 + 0.01 * s, step=s) for s in range(13, 18)]
+    h["mock_records"].append(_mock("w1", 100, 1, "save", 2.6, step=15))
+
+
+def _stale_report(h: dict[str, Any]) -> None:
+    h["commander_runs"][RUN]["events"].append(
+        {"ts": 7.5, "epoch": 1, "name": "checkpoint_committed", "worker_id": "w1"}
+    )
+
+
+def _duplicate_grant(h: dict[str, Any]) -> None:
+    h["worker_events"].append(_ev("w3", 2, "acquired", 7.2))
+
+
+def _wrong_resume_dir(h: dict[str, Any]) -> None:
+    start = next(r for r in h["mock_records"] if r["pid"] == 200 and r["event"] == "start")
+    start["resume_from"] = f"{VOL}/runs/r/ckpt/step_00000005"
+
+
+def _resume_never_written(h: dict[str, Any]) -> None:
+    h["mock_records"] = [r for r in h["mock_records"] if not (r["event"] == "save" and r["step"] == 10)]
+
+
+def _not_completed(h: dict[str, Any]) -> None:
+    h["commander_runs"][RUN]["status"] = "running"
+
+
+def _crashed_worker(h: dict[str, Any]) -> None:
+    h["workers"][1]["exit_code"] = 1
+
+
+def _epoch_without_grant(h: dict[str, Any]) -> None:
+    for r in h["mock_records"]:
+        if r["pid"] == 200:
+            r["epoch"] = 3
+    h["deaths"] = {(100, 1.1): 3.0, (200, 7.1): 8.3}
+
+
+def _grants_out_of_order(h: dict[str, Any]) -> None:
+    h["commander_runs"][RUN]["events"].append({"ts": 7.5, "epoch": 1, "name": "acquired", "worker_id": "w9"})
+
+
+def _trained_after_completion(h: dict[str, Any]) -> None:
+    h["worker_events"].append(_ev("w1", 1, "completed", 3.0))
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (lambda h: _set_death(h, (100, 1.1), 7.2), "overlap"),
+        (lambda h: _set_death(h, (200, 7.1), None), "trainer_outlived"),
+        (_graceful, "graceful_loss"),
+        (_lose_a_checkpoint, "hard_loss"),
+        (_lose_a_checkpoint, "resume_not_newest"),
+        (_stale_report, "stale_report_accepted"),
+        (_duplicate_grant, "duplicate_epoch"),
+        (_grants_out_of_order, "duplicate_epoch"),
+        (_wrong_resume_dir, "resume_unverified"),
+        (_resume_never_written, "resume_unverified"),
+        (_not_completed, "incomplete"),
+        (_crashed_worker, "worker_crash"),
+        (_epoch_without_grant, "trainer_without_lease"),
+        (_trained_after_completion, "closed_run_granted"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_each_broken_promise_is_caught(mutation, expected: str) -> None:  # type: ignore[no-untyped-def]
+    found = kinds(_mutate(mutation))
+    assert expected in found, found
+
+
+def test_fencing_violations_count_only_the_fencing_kinds() -> None:
+    report = check(**_mutate(lambda h: (_set_death(h, (100, 1.1), 7.2), _not_completed(h))))
+    assert {v.kind for v in report.violations} == {"overlap", "incomplete"}
+    assert report.fencing_violations == 1
+    assert "overlap" in FENCING_KINDS and "incomplete" not in FENCING_KINDS
