@@ -15,6 +15,10 @@ Invariant: nothing trains without a live worker holding the lease.  Three mechan
 
 stdout and stderr are read by asyncio tasks into ``logs/trainer.log`` (rotated by size) and an
 in-memory tail, numbered so reports can ship only the lines they have not shipped yet.
+
+What the trainer is started with lives here too: its command (:func:`trainer_argv`), its
+environment, the ``RELAY_*`` contract of trainer_blackbox/README.md (:func:`trainer_env`), and the
+``train:`` block as a file (:func:`write_train_config`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -34,6 +39,12 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.ckpt.layout import RunLayout
+    from relay.ckpt.manifest import CommittedCheckpoint
+    from relay.config import WorkerConfig
 
 log = logging.getLogger("relay.worker.launcher")
 
@@ -314,3 +325,35 @@ def trainer_argv(launcher_dir: Path, mode: str) -> list[str]:
     """The command that starts a trainer of ``mode``: ``bash trainer_blackbox/launch_<mode>.sh``."""
     script = launcher_dir / f"launch_{mode}.sh"
     return ["/bin/bash", str(script)]
+
+
+def trainer_env(
+    cfg: WorkerConfig, layout: RunLayout, *, epoch: int, resume: CommittedCheckpoint | None
+) -> dict[str, str]:
+    """The trainer's environment: the worker's, minus the commander secret, plus the ``RELAY_*``
+    contract of trainer_blackbox/README.md."""
+    env = dict(os.environ)
+    env.pop("RELAY_SHARED_SECRET", None)  # the trainer never talks to the commander
+    env.update(
+        RELAY_RUN_ID=layout.run_id,
+        RELAY_MODE=cfg.mode,
+        RELAY_EPOCH=str(epoch),
+        RELAY_WORKER_ID=cfg.worker_id,
+        RELAY_OUTPUT_DIR=str(layout.staging_dir),
+        RELAY_RESUME_FROM=str(resume.path) if resume is not None else "",
+        RELAY_PROGRESS_FILE=str(layout.progress_file),
+        RELAY_TRAIN_CONFIG=str(layout.train_config_file),
+        RELAY_PYTHON=sys.executable,
+        PYTHONUNBUFFERED="1",
+    )
+    token = cfg.token()
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def write_train_config(path: Path, train: Mapping[str, Any]) -> None:
+    """The ``train:`` block as the JSON file ``RELAY_TRAIN_CONFIG`` names, replaced whole (tmp + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(train, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

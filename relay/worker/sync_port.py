@@ -6,35 +6,61 @@ turns what it reports into the worker's vocabulary, on the worker's event loop:
 - ``synced``  -> a ``checkpoint_synced`` event, and the remote step in the next report;
 - ``failed``  -> a ``sync_failed`` event; a non-retryable failure means that step will never land;
 - ``fenced``  -> the remote holds a newer epoch: trip the worker's fence (kill the trainer, stop).
+
+It knows the reporter, the event log and the fence, not the session that owns them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.ckpt.manifest import CommittedCheckpoint
+    from relay.remote.base import Remote
+    from relay.remote.sync import SyncEvent
+    from relay.worker.events import EventLog
+    from relay.worker.lease_keeper import Fence
+    from relay.worker.reporter import Reporter
 
 log = logging.getLogger("relay.worker.sync")
 
 
 class SyncPort:
-    def __init__(self, session: Any) -> None:
+    def __init__(
+        self,
+        remote: Remote,
+        *,
+        epoch: int,
+        remote_keep_last_n: int | None,
+        loop: asyncio.AbstractEventLoop,
+        reporter: Reporter,
+        events: EventLog,
+        fence: Fence,
+        on_synced: Callable[[], None] | None = None,
+    ) -> None:
         from relay.remote.sync import Syncer
 
-        self.session = session
+        self.reporter = reporter
+        self.events = events
+        self.fence = fence
+        self.on_synced = on_synced
         self._submitted_at: dict[int, float] = {}
         self._gave_up: set[int] = set()
         self.syncer = Syncer(
-            session.remote,
-            epoch=session.epoch,
-            remote_keep_last_n=session.cfg.remote_keep_last_n,
+            remote,
+            epoch=epoch,
+            remote_keep_last_n=remote_keep_last_n,
             on_event=self._on_event,
-            callback_loop=session.loop,
+            callback_loop=loop,
             base_delay_s=0.5,
             max_delay_s=30.0,
         ).start()
 
-    def submit(self, ckpt: Any) -> bool:
+    def submit(self, ckpt: CommittedCheckpoint) -> bool:
         self._submitted_at.setdefault(ckpt.step, time.monotonic())
         return self.syncer.submit(ckpt)
 
@@ -57,16 +83,16 @@ class SyncPort:
     def close(self) -> None:
         self.syncer.stop(drain=False, timeout_s=0)
 
-    def _on_event(self, ev: Any) -> None:
-        s = self.session
+    def _on_event(self, ev: SyncEvent) -> None:
+        reporter = self.reporter
         if ev.kind == "synced":
             res = ev.result
             started = self._submitted_at.pop(ev.step, None)
             revision = getattr(res, "revision", None)
-            s.reporter.remote_step = ev.step
-            if s.reporter.checkpoint is not None and s.reporter.checkpoint[0] == ev.step:
-                s.reporter.checkpoint = (ev.step, s.reporter.checkpoint[1], revision)
-            s.events.emit(
+            reporter.remote_step = ev.step
+            if reporter.checkpoint is not None and reporter.checkpoint[0] == ev.step:
+                reporter.checkpoint = (ev.step, reporter.checkpoint[1], revision)
+            self.events.emit(
                 "checkpoint_synced",
                 step=ev.step,
                 revision=revision,
@@ -77,10 +103,12 @@ class SyncPort:
                 attempt=ev.attempt,
                 upload_s=round(time.monotonic() - started, 3) if started is not None else None,
             )
+            if self.on_synced is not None:
+                self.on_synced()
         elif ev.kind == "failed":
             if not ev.retryable and ev.phase == "push" and ev.step is not None:
                 self._gave_up.add(ev.step)
-            s.events.emit(
+            self.events.emit(
                 "sync_failed",
                 message=ev.error,
                 step=ev.step,
@@ -90,4 +118,4 @@ class SyncPort:
                 retry_in_s=ev.retry_in_s,
             )
         elif ev.kind == "fenced":
-            s.fence.trip(f"the remote refused our push as stale: {ev.error}")
+            self.fence.trip(f"the remote refused our push as stale: {ev.error}")

@@ -6,14 +6,10 @@ import pytest
 
 from relay.config import ConfigError, load_config
 from relay.schema import RunSpec
-from relay.worker.agent import (
-    EXIT_CODES,
-    TRANSITIONS,
-    Agent,
-    IllegalTransition,
-    State,
-    effective_config,
-)
+from relay.worker import lifecycle
+from relay.worker.agent import Agent
+from relay.worker.lifecycle import EXIT_CODES, TRANSITIONS, IllegalTransition, State
+from relay.worker.session import effective_config
 
 HOLDING = {
     State.RECOVERING,
@@ -44,6 +40,7 @@ def test_every_state_is_reachable_and_done_is_terminal() -> None:
 def test_every_phase_holding_the_lease_can_be_fenced_and_nothing_else_is() -> None:
     for state in State:
         assert (State.FENCED in TRANSITIONS[state]) == (state in HOLDING | {State.RELEASING}), state
+    assert lifecycle.HOLDING == HOLDING | {State.RELEASING}
 
 
 @pytest.mark.parametrize("src", list(State))

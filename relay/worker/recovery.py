@@ -1,0 +1,123 @@
+"""Which checkpoint a new lease resumes from: the volume's, the remote's, or none (cold start).
+
+The rules, in order:
+
+1. A predecessor on this volume may have left complete checkpoints uncommitted (kill -9 between the
+   trainer's save and the commit).  Commit them, but push nothing before the resume point is chosen:
+   this epoch is newer than the remote's, so pushing an older local step would replace the remote's
+   newer checkpoints (found by the chaos suite: a graceful handoff's checkpoint 120 wiped by a stale
+   step 50 from a dead pod's volume).
+2. Verify the local checkpoints, newest first; quarantine those that fail and say why
+   (:func:`relay.ckpt.verify.recover_local`).
+3. Read the remote's state, retrying transient errors.
+4. The remote holds a strictly newer step than the local survivor (or there is none): pull the
+   newest remote checkpoint that verifies.  When nothing on the remote verifies, the local
+   checkpoint is the best there is; with no local one either, recovery fails.
+5. Otherwise the local checkpoint; when the remote is behind it, hand it to the syncer so the remote
+   catches up with this volume.
+6. Nothing anywhere: cold start.
+
+Every path ends in one ``resumed`` event (step and source: ``local``, ``remote`` or ``cold_start``).
+All slow work (hashing, listing, the download) runs in daemon threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from relay.worker.threads import in_thread
+
+if TYPE_CHECKING:
+    from relay.ckpt.layout import RunLayout
+    from relay.ckpt.manifest import CommittedCheckpoint
+    from relay.remote.base import Remote, RemoteState
+    from relay.worker.checkpoints import Checkpoints
+    from relay.worker.events import EventLog
+    from relay.worker.reporter import Reporter
+
+log = logging.getLogger("relay.worker")
+
+
+def remote_is_newer(local_step: int | None, remote_step: int | None) -> bool:
+    """Rule 4: pull only when the remote holds a strictly newer step than the volume."""
+    return remote_step is not None and (local_step is None or remote_step > local_step)
+
+
+def remote_is_behind(local_step: int, remote_step: int | None) -> bool:
+    """Rule 5: the volume's checkpoint is newer than anything on the remote: push it."""
+    return remote_step is None or remote_step < local_step
+
+
+async def read_remote_state(remote: Remote) -> RemoteState | None:
+    """The remote's state (None: it holds nothing), retrying retryable errors with backoff."""
+    from relay.remote.base import RemoteError
+
+    delay = 0.5
+    for attempt in range(4):
+        try:
+            return await in_thread(remote.state)
+        except RemoteError as exc:
+            if not getattr(exc, "retryable", False) or attempt == 3:
+                raise
+            log.warning("remote state failed (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    return None
+
+
+async def recover(
+    layout: RunLayout, ckpts: Checkpoints, *, reporter: Reporter, events: EventLog
+) -> CommittedCheckpoint | None:
+    """Choose the checkpoint to resume from (see the module's rules), make it ``ckpts.latest``, and
+    report it; None means a cold start.  Raises when the remote has something but nothing usable and
+    the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try)."""
+    from relay.ckpt.verify import recover_local
+
+    await ckpts.commit_ready(sync=False)  # rule 1
+    scan = await in_thread(recover_local, layout)  # rule 2: verifies; quarantines what fails
+    for skipped in getattr(scan, "skipped", []) or []:
+        log.warning("skipping checkpoint %s: %s", skipped.path, skipped.reason)
+    local = scan.checkpoint
+    remote_step: int | None = None
+    remote = ckpts.remote
+    if remote is not None:  # rule 3
+        state = await read_remote_state(remote)
+        remote_step = state.step if state is not None else None
+        reporter.remote_step = remote_step
+    if remote is not None and remote_is_newer(local.step if local is not None else None, remote_step):
+        from relay.remote.base import RemoteCorruptError
+
+        started = time.monotonic()
+        try:
+            pulled = await in_thread(remote.pull_newest, layout)
+        except RemoteCorruptError as exc:
+            if local is None:
+                raise
+            # nothing on the remote verifies: the volume's checkpoint is the best there is
+            log.warning("remote unusable (%s); resuming from the local step %d", exc, local.step)
+            pulled = None
+        if pulled is not None:
+            reporter.step = pulled.step
+            ckpts.adopt(pulled)
+            events.emit(
+                "resumed",
+                step=pulled.step,
+                source="remote",
+                path=str(pulled.path),
+                bytes=getattr(pulled, "total_bytes", None),
+                download_s=round(time.monotonic() - started, 3),
+                skipped=len(getattr(scan, "skipped", []) or []) or None,
+            )
+            return pulled
+    if local is not None:  # rule 5
+        reporter.step = local.step
+        ckpts.adopt(local)
+        events.emit("resumed", step=local.step, source="local", path=str(local.path), remote_step=remote_step)
+        if ckpts.syncer is not None and remote_is_behind(local.step, remote_step):
+            ckpts.syncer.submit(local)  # the remote is behind this volume: catch it up
+        return local
+    events.emit("resumed", step=0, source="cold_start", message="no checkpoint found: cold start")  # rule 6
+    return None
