@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,8 +36,12 @@ from pydantic import (
 )
 
 from relay.ids import id_problem
+from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
+#: Keys whose values are never printed: not in logs, not in error messages ("(got ***)").
+SECRET_KEYS = ("hf_token", "relay_shared_secret")
+MASK = "***"
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -325,9 +328,9 @@ class WorkerConfig(BaseModel):
     def public_dict(self) -> dict[str, Any]:
         """The configuration with secrets masked, for logs and events."""
         data = self.model_dump(mode="json")
-        for key in ("hf_token", "relay_shared_secret"):
+        for key in SECRET_KEYS:
             if data.get(key):
-                data[key] = "***"
+                data[key] = MASK
         return data
 
 
@@ -347,11 +350,9 @@ def _is_optional(name: str) -> bool:
 
 def _parse_mapping_env(var: str, raw: str) -> Any:
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            "train", f"not a JSON/YAML mapping: {str(exc).splitlines()[0]}", f"env {var}"
-        ) from None
+        value = load_yaml(raw)
+    except YamlError as exc:
+        raise ConfigError("train", f"not a JSON/YAML mapping: {exc}", f"env {var}") from None
     return {} if value is None else value
 
 
@@ -372,12 +373,9 @@ def load_config(
         except OSError as exc:
             raise ConfigError(None, f"cannot read config file: {exc.strerror or exc}", str(file)) from None
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(None, f"invalid YAML: {where}{problem}", str(file)) from None
+            loaded = load_yaml(text)
+        except YamlError as exc:
+            raise ConfigError(None, str(exc), str(file)) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -428,7 +426,8 @@ def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
         and first.get("type") not in ("value_error",)
         and not isinstance(first["input"], dict)
     ):
-        msg = f"{msg} (got {first['input']!r})"
+        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(first["input"])
+        msg = f"{msg} (got {shown})"
     more = len(errors) - 1
     if more:
         msg += f" (and {more} more problem{'s' if more > 1 else ''})"

@@ -2,11 +2,37 @@
 
 An id becomes a directory name on the volume and a path prefix on the remote, so it
 must never be able to climb out of its directory (``..``) or smuggle a separator.
+The same goes for a training step a trainer hands us (a progress line, a checkpoint's name or
+COMPLETE marker): :func:`parse_step` is the one rule for it.
 """
 
 from __future__ import annotations
 
+import math
 import re
+
+#: The largest step, epoch or count any part of relay accepts: the commander stores them as SQLite's
+#: 64-bit signed integers, so a bigger one from a trainer (a progress line, a checkpoint name) is
+#: refused where it enters rather than becoming a 500 (or an OverflowError) further on.
+INT64_MAX = 2**63 - 1
+
+
+def parse_step(value: object) -> int | None:
+    """``value`` as a training step: an integer (or an integral float) in 0..INT64_MAX, else None.
+
+    NaN, infinities, 1e30, negative and fractional numbers, bools and strings are all None: a step
+    becomes a checkpoint name, a report to the commander and a SQLite integer, so nonsense stops here.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        return None
+    return value
+
 
 _CHARSET_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 

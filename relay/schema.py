@@ -17,6 +17,7 @@ Policy, chosen once for all requests:
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -24,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from relay.ids import ID_PATTERN, id_problem
+from relay.ids import ID_PATTERN, INT64_MAX, id_problem
 
 # --------------------------------------------------------------------------- scalar types
 
@@ -36,11 +37,14 @@ def _integral(value: object) -> object:
     return value
 
 
-#: SQLite stores 64-bit signed integers: anything larger would be a 500, so it is a 422 naming the field.
-INT64_MAX = 2**63 - 1
-
+#: SQLite stores 64-bit signed integers (``relay.ids.INT64_MAX``): anything larger would be a 500, so it
+#: is a 422 naming the field.
 Int = Annotated[int, Strict(), Field(ge=-INT64_MAX, le=INT64_MAX), BeforeValidator(_integral)]
-Float = Annotated[float, Strict()]
+#: A request float must be finite: JSON has no NaN/Infinity, yet the JSON parser accepts those literals and
+#: reads ``1e400`` as infinity.  Metric values are the one exception (see :class:`ReportRequest`).
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+#: A metric value: NaN (a diverged loss) and infinities are accepted and stored / answered as null.
+MetricFloat = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
 NonNegInt = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX), BeforeValidator(_integral)]
 Mode = Literal["sft", "rl"]
@@ -200,6 +204,37 @@ class CallbackSpec(_Request):
     )
 
 
+def _non_finite_path(value: Any, path: str, depth: int = 0) -> str | None:
+    """The dotted path of the first NaN/Infinity inside ``value``, or None when every number is finite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if depth > 100:  # deeper than any real config; the body limit bounds the work anyway
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite_path(item, f"{path}.{key}", depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _non_finite_path(item, f"{path}[{index}]", depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _finite_json(value: dict[str, Any]) -> dict[str, Any]:
+    """The train block goes to the trainer as JSON: NaN/Infinity (or 1e400) would make it invalid JSON."""
+    where = _non_finite_path(value, "train")
+    if where is not None:
+        raise PydanticCustomError(
+            "finite_number",
+            "non-finite number at {where} (NaN and Infinity are not JSON)",
+            {"where": where},
+        )
+    return value
+
+
 class RunSpec(_Request):
     """A run submitted as a job through ``POST /api/runs``; handed to the worker in the grant.
 
@@ -210,7 +245,10 @@ class RunSpec(_Request):
 
     run_id: Id | None = Field(default=None, description="omitted: the commander generates one")
     mode: Mode = "sft"
-    train: dict[str, Any] = Field(default_factory=dict, description="the trainer's train: block (free-form)")
+    train: Annotated[dict[str, Any], AfterValidator(_finite_json)] = Field(
+        default_factory=dict,
+        description="the trainer's train: block (free-form JSON; numbers must be finite)",
+    )
     remote: RemoteUrl | None = None
     max_restarts: NonNegInt = Field(
         default=3,
@@ -218,7 +256,7 @@ class RunSpec(_Request):
         "handing a failed run to the next worker both count",
     )
     priority: Int = Field(default=0, description="higher is handed out first; ties go to the oldest run")
-    max_duration_s: Annotated[float, Strict(), Field(gt=0)] | None = Field(
+    max_duration_s: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)] | None = Field(
         default=None, description="running time the run may use across all its leases"
     )
     callbacks: CallbackSpec | None = None
@@ -398,9 +436,9 @@ class ReportRequest(_Request):
     lease_id: Annotated[str, Field(min_length=1, max_length=128)]
     epoch: NonNegInt
     step: NonNegInt
-    metrics: Annotated[dict[Annotated[str, Field(max_length=200)], Float], Field(max_length=256)] | None = (
-        None
-    )
+    metrics: (
+        Annotated[dict[Annotated[str, Field(max_length=200)], MetricFloat], Field(max_length=256)] | None
+    ) = None
     checkpoint: CheckpointRef | None = None
     remote_step: NonNegInt | None = None
     event: EventName | None = None

@@ -64,6 +64,7 @@ from relay.ckpt.manifest import (
     now_iso,
     read_manifest,
 )
+from relay.ids import INT64_MAX, parse_step
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +135,25 @@ def checkpoint_lock(layout: RunLayout, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
         lock.release()
 
 
-def _read_marker_step(marker: Path) -> int | None:
-    """The step a COMPLETE marker names (JSON ``{"step": N}``), or None when it names none."""
+def _read_marker_step(marker: Path) -> tuple[int | None, str | None]:
+    """(step, problem) from a COMPLETE marker: the step its JSON ``{"step": N}`` names (None when it names
+    none: empty, unreadable, not an object, no ``step`` or ``null``), or a problem when it names one that is
+    not an integer in 0..INT64_MAX (NaN, 1e30, -1, 2.5, "5"): such a checkpoint is never committed."""
     try:
         with open(marker, "rb") as f:
             data = f.read(_MAX_MARKER_BYTES)
         doc = json.loads(data) if data.strip() else None
-    except (OSError, ValueError):
-        return None
-    if isinstance(doc, dict):
-        step = doc.get("step")
-        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
-            return step
-    return None
+    except (OSError, ValueError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict) or doc.get("step") is None:
+        return None, None
+    step = parse_step(doc["step"])
+    if step is None:
+        return (
+            None,
+            f"its {COMPLETE_MARKER} marker names step {str(doc['step'])[:40]}, not an integer in 0..{INT64_MAX}",
+        )
+    return step, None
 
 
 def _json_object_file(path: Path) -> bool:
@@ -180,6 +187,14 @@ def _match_staged_name(name: str) -> tuple[int, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class InvalidStaged:
+    """A complete staged directory that can never be committed (its step is out of range), and why."""
+
+    path: Path
+    reason: str
+
+
 def find_complete_staged(staging_dir: Path) -> list[StagedCheckpoint]:
     """Complete staged checkpoints directly under ``staging_dir``, sorted by step (oldest first).
 
@@ -188,18 +203,30 @@ def find_complete_staged(staging_dir: Path) -> list[StagedCheckpoint]:
     ``{"step": N}`` in it wins over the name); or, for ``checkpoint-<N>``, when it holds a
     ``trainer_state.json`` that parses (the Hugging Face Trainer writes it last); or, for
     ``global_step<N>``, when ``staging_dir/latest`` names that tag (DeepSpeed writes it after the tag).
-    Anything else -- a directory still being written -- is left alone.
+    Anything else -- a directory still being written -- is left alone.  A complete directory whose step
+    is not an integer in 0..INT64_MAX is not listed (see :func:`scan_staged`).
+    """
+    return scan_staged(staging_dir)[0]
+
+
+def scan_staged(staging_dir: Path) -> tuple[list[StagedCheckpoint], list[InvalidStaged]]:
+    """(complete staged checkpoints sorted by step, complete ones with an impossible step).
+
+    The second list is what the commit moves to ``ckpt/_rejected``: a name like
+    ``step_99999999999999999999999`` or a marker ``{"step": 1e30}`` would otherwise become a checkpoint
+    the commander cannot store and every later step would count as older.
     """
     staging_dir = Path(staging_dir)
     try:
         entries = list(os.scandir(staging_dir))
     except FileNotFoundError:
-        return []
+        return [], []
     except OSError as exc:
         raise CheckpointError(f"cannot list staging directory {staging_dir}: {exc.strerror or exc}") from None
     ds_tag: str | None = None
     ds_tag_read = False
     found: list[StagedCheckpoint] = []
+    invalid: list[InvalidStaged] = []
     for entry in entries:
         if not entry.is_dir(follow_symlinks=False):
             continue
@@ -210,17 +237,40 @@ def find_complete_staged(staging_dir: Path) -> list[StagedCheckpoint]:
         path = Path(entry.path)
         marker = path / COMPLETE_MARKER
         if marker.is_file() and not marker.is_symlink():
-            step = _read_marker_step(marker)
-            found.append(StagedCheckpoint(path, name_step if step is None else step, fmt, COMPLETE_MARKER))
+            marker_step, problem = _read_marker_step(marker)
+            step, how = (name_step if marker_step is None else marker_step), COMPLETE_MARKER
         elif fmt == "hf" and _json_object_file(path / HF_TRAINER_STATE):
-            found.append(StagedCheckpoint(path, name_step, fmt, HF_TRAINER_STATE))
+            step, how, problem = name_step, HF_TRAINER_STATE, None
         elif fmt == "deepspeed":
             if not ds_tag_read:
                 ds_tag, ds_tag_read = _deepspeed_latest_tag(staging_dir), True
-            if ds_tag == entry.name:
-                found.append(StagedCheckpoint(path, name_step, fmt, DEEPSPEED_LATEST))
+            if ds_tag != entry.name:
+                continue
+            step, how, problem = name_step, DEEPSPEED_LATEST, None
+        else:
+            continue
+        if problem is None and parse_step(step) is None:
+            problem = f"the step in its name ({step}) is larger than {INT64_MAX}"
+        if problem is not None:
+            invalid.append(InvalidStaged(path, problem))
+            continue
+        found.append(StagedCheckpoint(path, step, fmt, how))
     found.sort(key=lambda s: (s.step, s.path.name))
-    return found
+    invalid.sort(key=lambda s: s.path.name)
+    return found, invalid
+
+
+def reject_invalid_staged(layout: RunLayout, invalid: list[InvalidStaged]) -> list[Path]:
+    """Caller holds the lock. Park each directory in ``ckpt/_rejected`` with a ``<name>.reason`` file beside
+    it, and log why; returns where they went. A directory already gone is skipped."""
+    moved: list[Path] = []
+    for item in invalid:
+        if not item.path.is_dir() or item.path.is_symlink():
+            continue
+        dest = _reject(layout, item.path, item.reason)
+        log.error("rejected staged checkpoint %s: %s; moved to %s", item.path, item.reason, dest)
+        moved.append(dest)
+    return moved
 
 
 def set_latest(layout: RunLayout, step: int) -> None:
@@ -274,10 +324,15 @@ def _discard(layout: RunLayout, path: Path) -> None:
     empty_dir(layout.trash_dir)
 
 
-def _reject(layout: RunLayout, path: Path) -> Path:
+def _reject(layout: RunLayout, path: Path, reason: str | None = None) -> Path:
     layout.rejected_dir.mkdir(parents=True, exist_ok=True)
     dest = layout.rejected_dir / f"{path.name}.{uuid.uuid4().hex[:8]}"
     os.rename(path, dest)
+    if reason is not None:  # for whoever looks at _rejected/ later; the directory itself is left as it was
+        try:
+            atomic_write_bytes(dest.with_name(dest.name + ".reason"), (reason + "\n").encode())
+        except OSError as exc:  # pragma: no cover - the log line still says why
+            log.warning("cannot write the reason next to %s: %s", dest, exc)
     return dest
 
 
@@ -361,6 +416,12 @@ def _commit_locked(
 ) -> CommittedCheckpoint:
     layout.ckpt_dir.mkdir(parents=True, exist_ok=True)
     _housekeeping(layout)
+    if parse_step(staged.step) is None:
+        if not src.is_dir() or src.is_symlink():
+            raise InvalidStagedCheckpoint(f"staged checkpoint {src} no longer exists")
+        reason = f"step {str(staged.step)[:40]} is not an integer in 0..{INT64_MAX}"
+        where = _reject(layout, src, reason)
+        raise InvalidStagedCheckpoint(f"staged checkpoint {src}: {reason}; moved to {where}")
     dest = layout.step_dir(staged.step)
     if not src.is_dir() or src.is_symlink():
         if (dest / MANIFEST_NAME).is_file():  # another process committed it while we waited for the lock
@@ -440,9 +501,19 @@ def commit_newest_staged(
 ) -> CommittedCheckpoint | None:
     """Commit the newest complete staged checkpoint and discard older complete ones unhashed.
 
-    The worker's polling loop calls this; None when nothing complete is staged.
+    The worker's polling loop calls this; None when nothing complete is staged.  Complete directories
+    with an impossible step are moved to ``ckpt/_rejected`` first (logged, with a ``.reason`` file), so
+    they never block the valid ones.
     """
-    staged = find_complete_staged(layout.staging_dir)
+    staged, invalid = scan_staged(layout.staging_dir)
+    if invalid:
+        with checkpoint_lock(layout, lock_timeout_s):
+            try:
+                reject_invalid_staged(layout, invalid)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot move a rejected staged checkpoint to {layout.rejected_dir}: {exc.strerror or exc}"
+                ) from None
     if not staged:
         return None
     newest = staged[-1]

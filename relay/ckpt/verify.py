@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,11 @@ from relay.ckpt.commit import (
     STAGED_PATTERNS,
     _housekeeping,
     checkpoint_lock,
-    find_complete_staged,
+    scan_staged,
     set_latest,
 )
 from relay.ckpt.errors import CheckpointError, InvalidStagedCheckpoint, ManifestError, ManifestMissing
-from relay.ckpt.fsutil import fsync_dir, sha256_bytes
+from relay.ckpt.fsutil import empty_dir, fsync_dir, move_to_trash, sha256_bytes
 from relay.ckpt.layout import (
     COMMITTED_RE,
     RunLayout,
@@ -57,6 +59,10 @@ SIZE_MISMATCH = "size_mismatch"
 HASH_MISMATCH = "hash_mismatch"
 UNREADABLE = "unreadable"
 NO_MARKER = "no_marker"
+
+#: Quarantined checkpoints kept for forensics (besides those of the latest recovery, which are always
+#: kept): every recovery on a flaky disk would otherwise add full-size copies to the volume forever.
+QUARANTINE_KEEP = 3
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,8 @@ def _more(items: list[str]) -> str:
 
 def _incomplete_staged(layout: RunLayout) -> list[SkippedCheckpoint]:
     try:
-        complete = {s.path.name for s in find_complete_staged(layout.staging_dir)}
+        ready, invalid = scan_staged(layout.staging_dir)  # invalid ones: the next commit rejects them
+        complete = {s.path.name for s in ready} | {s.path.name for s in invalid}
         entries = list(os.scandir(layout.staging_dir))
     except (OSError, CheckpointError):
         return []
@@ -245,11 +252,15 @@ def _recover_locked(layout: RunLayout, *, rehash: bool) -> RecoveryScan:
     _housekeeping(layout)
     scan = find_newest_verified(layout, rehash=rehash)
     moved: list[SkippedCheckpoint] = []
+    quarantined: list[Path] = []
     for s in scan.skipped:
         if s.path.parent == layout.ckpt_dir and COMMITTED_RE.match(s.path.name):
             layout.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            dest = layout.quarantine_dir / f"{s.path.name}.{os.getpid()}.{os.urandom(4).hex()}"
+            dest = layout.quarantine_dir / (
+                f"{s.path.name}.t{time.time_ns()}.{os.getpid()}.{os.urandom(4).hex()}"
+            )
             os.rename(s.path, dest)
+            quarantined.append(dest)
             moved.append(SkippedCheckpoint(s.path, f"{s.reason} (quarantined to {dest})", s.code))
             log.warning("quarantined %s -> %s: %s", s.path, dest, s.reason)
         else:
@@ -261,7 +272,40 @@ def _recover_locked(layout: RunLayout, *, rehash: bool) -> RecoveryScan:
         os.unlink(layout.latest_link)
     if layout.ckpt_dir.is_dir():
         fsync_dir(layout.ckpt_dir)
+    if quarantined:
+        prune_quarantine(layout, keep=QUARANTINE_KEEP, protect=quarantined)
     return RecoveryScan(scan.checkpoint, moved)
+
+
+def _quarantined_at(entry: os.DirEntry[str]) -> int:
+    """When a quarantine entry was made: the ``.t<ns>.`` in its name, else (older names) its mtime."""
+    parts = entry.name.split(".")
+    if len(parts) > 1 and parts[1].startswith("t") and parts[1][1:].isdigit():
+        return int(parts[1][1:])
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def prune_quarantine(
+    layout: RunLayout, *, keep: int = QUARANTINE_KEEP, protect: Sequence[Path] = ()
+) -> list[Path]:
+    """Caller holds the lock. Delete all but the newest ``keep`` entries of ``ckpt/_quarantine`` (those in
+    ``protect``, the ones the current recovery just moved there, always stay); returns what was deleted."""
+    try:
+        entries = list(os.scandir(layout.quarantine_dir))
+    except FileNotFoundError:
+        return []
+    kept = {Path(p).name for p in protect}
+    older = sorted((e for e in entries if e.name not in kept), key=_quarantined_at, reverse=True)
+    doomed = [Path(e.path) for e in older[max(0, keep - len(kept)) :]]
+    for path in doomed:
+        move_to_trash(path, layout.trash_dir)
+    if doomed:
+        empty_dir(layout.trash_dir)
+        log.info("dropped %d old quarantined checkpoint(s) (keeping the newest %d)", len(doomed), keep)
+    return doomed
 
 
 def read_committed(path: Path | str) -> CommittedCheckpoint:

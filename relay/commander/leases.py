@@ -359,7 +359,7 @@ class LeaseManager:
         row.lease_id = secrets.token_hex(16)
         row.lease_worker = req.worker_id
         row.lease_granted_at = wall
-        row.released_lease_id = None
+        row.released_lease_id = row.released_outcome = None
         row.updated_at = wall
         if row.mode is None:
             row.mode = req.mode
@@ -416,7 +416,10 @@ class LeaseManager:
         return lease.cancel_requested
 
     def release(self, req: ReleaseRequest) -> RunStatus:
-        """End the holder's lease with ``outcome``; a repeated release of the same lease answers the same."""
+        """End the holder's lease with ``outcome``.  A repeated release of the same lease with the same
+        outcome answers the same (the holder retried a release whose answer it lost); with a different
+        outcome it is a 409 naming the recorded one: the first release decided the run, and answering 200
+        would tell the worker its second outcome was recorded when it was not."""
         lease = self._live.get(req.run_id)
         if not self._is_current(lease, req.lease_id, req.epoch, req.worker_id):
             row = self.store.get_run(req.run_id)
@@ -426,7 +429,16 @@ class LeaseManager:
                 and row.epoch == req.epoch
                 and row.lease_id is None
             ):
-                return row.status  # the holder retried a release whose answer it lost
+                recorded = row.released_outcome
+                if recorded is None or recorded == req.outcome.value:  # None: released by an older commander
+                    return row.status
+                self.stats.fenced += 1
+                raise StaleLeaseError(
+                    f"lease for run {req.run_id} was already released as {recorded} "
+                    f"(the run is {row.status.value}); a second release as {req.outcome.value} is refused",
+                    status=row.status,
+                    detail={"recorded_outcome": recorded},
+                )
             raise self._stale(req.run_id, req.worker_id, req.epoch, lease)
         assert lease is not None
         if self.monotonic() >= lease.expires_at:
@@ -442,6 +454,7 @@ class LeaseManager:
         )
         row.status = runs.transition(row.status, target)
         row.released_lease_id = row.lease_id
+        row.released_outcome = req.outcome.value
         row.lease_id = row.lease_worker = row.lease_granted_at = None
         row.detail = req.detail
         row.updated_at = wall

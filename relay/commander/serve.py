@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE = "./commander_state.db"
 DEFAULT_TTL_S = 60.0
+MIN_TTL_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lease-ttl",
         type=float,
         default=None,
-        help=f"seconds a lease lives without a renew (env RELAY_LEASE_TTL, default {DEFAULT_TTL_S:g})",
+        help=f"seconds a lease lives without a renew, at least {MIN_TTL_S:g} "
+        f"(env RELAY_LEASE_TTL, default {DEFAULT_TTL_S:g})",
     )
     parser.add_argument(
         "--insecure",
@@ -88,8 +90,11 @@ def resolve_settings(
             ttl = float(raw) if raw else DEFAULT_TTL_S
         except ValueError:
             raise ServeError(f"RELAY_LEASE_TTL must be a number of seconds (got {raw!r})") from None
-    if not ttl > 0 or ttl != ttl or ttl == float("inf"):
-        raise ServeError(f"lease TTL must be a positive number of seconds (got {ttl!r})")
+    if not ttl >= MIN_TTL_S or ttl == float("inf"):  # NaN fails the comparison too
+        raise ServeError(
+            f"lease TTL must be a positive number of seconds, at least {MIN_TTL_S:g} (got {ttl!r}): "
+            "workers renew every third of it, and a shorter lease expires on ordinary scheduling delays"
+        )
     if not 0 <= args.port <= 65535:
         raise ServeError(f"--port must be 0-65535 (got {args.port})")
     if not is_loopback(args.host) and not secret and not args.insecure:

@@ -118,6 +118,10 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT
     );
     """,
+    # 3: the outcome the last release asked for, so a retried release can be told from a different one.
+    """
+    ALTER TABLE runs ADD COLUMN released_outcome TEXT;
+    """,
 )
 
 #: How much per-run history is kept (older rows are pruned as new ones arrive).
@@ -155,6 +159,7 @@ class RunRow:
     released_lease_id: str | None = None
     checkpoint_at: float | None = None  # wall clock when latest_checkpoint last changed
     active_s: float = 0.0  # seconds spent under ended leases (the max_duration_s budget)
+    released_outcome: str | None = None  # the outcome of the release of released_lease_id
 
 
 _COLUMNS = tuple(f.name for f in fields(RunRow))

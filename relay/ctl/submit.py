@@ -5,6 +5,14 @@ The file holds a :class:`~relay.schema.RunSpec`: ``run_id`` (optional), ``mode``
 here first, with the same model the commander uses, so a typo is one line naming the key before
 anything is sent; submitting the same spec again is harmless (the commander answers with the
 existing run), a different spec under an existing run id is refused.
+
+The ``train:`` block is checked here too (the commander cannot: which trainer runs it is decided on
+the pod).  It must be accepted by a trainer the worker may start for the spec's mode: the built-in
+one (``trainer_blackbox/train_config.py``, pydantic only, imported lazily) or the mock
+(``RELAY_TRAINER=mock`` on the pod; the submit side cannot see the pod's environment, so the union of
+the two is accepted: mock keys keep working, a key neither knows is refused with one line naming it).
+A pod running your own trainer (``SLIME_SFT_CMD`` / ``SLIME_RL_CMD``) takes any keys: submit its
+spec with ``--no-validate``.
 """
 
 from __future__ import annotations
@@ -34,12 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="run spec file (YAML or JSON); - reads standard input")
     parser.add_argument("--run-id", default=None, help="use this run id (overrides the file's run_id)")
     parser.add_argument("--priority", type=int, default=None, help="override the file's priority")
+    parser.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="do not check the train: block against the built-in and mock trainers' keys "
+        "(for your own trainer: SLIME_SFT_CMD / SLIME_RL_CMD)",
+    )
     add_commander_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        spec = load_spec(args.spec, run_id=args.run_id, priority=args.priority)
+        spec = load_spec(
+            args.spec,
+            run_id=args.run_id,
+            priority=args.priority,
+            validate_train=not getattr(args, "no_validate", False),
+        )
     except SpecFileError as exc:
         print(f"relayctl submit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_SPEC
@@ -47,12 +66,15 @@ def run(args: argparse.Namespace) -> int:
     return run_command("submit", _submit, args)
 
 
-def load_spec(path: str, *, run_id: str | None = None, priority: int | None = None) -> RunSpec:
-    """Read and validate a spec file; raises SpecFileError with one line naming the problem."""
-    import yaml
+def load_spec(
+    path: str, *, run_id: str | None = None, priority: int | None = None, validate_train: bool = True
+) -> RunSpec:
+    """Read and validate a spec file (and its train: block, see :func:`train_block_problem`, unless
+    ``validate_train`` is False); raises SpecFileError with one line naming the problem."""
     from pydantic import ValidationError
 
     from relay.schema import RunSpec
+    from relay.yamlio import YamlError, load_yaml
 
     name = "<stdin>" if path == "-" else path
     try:
@@ -61,12 +83,9 @@ def load_spec(path: str, *, run_id: str | None = None, priority: int | None = No
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SpecFileError(f"cannot read {name}: {reason}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecFileError(f"{name} is not valid YAML: {problem}{where}") from None
+        data = load_yaml(text)
+    except YamlError as exc:
+        raise SpecFileError(f"{name}: {exc}") from None
     if not isinstance(data, dict):
         raise SpecFileError(f"{name} must hold a mapping of spec keys (run_id, mode, train, ...)")
     if run_id is not None:
@@ -74,9 +93,52 @@ def load_spec(path: str, *, run_id: str | None = None, priority: int | None = No
     if priority is not None:
         data["priority"] = priority
     try:
-        return RunSpec.model_validate(_jsonable(data))
+        spec = RunSpec.model_validate(_jsonable(data))
     except ValidationError as exc:
         raise SpecFileError(f"{name}: {describe_errors(exc)}") from None
+    if validate_train:
+        problem = train_block_problem(spec.train, spec.mode)
+        if problem is not None:
+            raise SpecFileError(f"{name}: {problem} (a trainer of your own: --no-validate)")
+    return spec
+
+
+def train_block_problem(train: dict[str, Any], mode: str) -> str | None:
+    """None when the built-in trainer of ``mode`` or the mock trainer accepts ``train``; else one line
+    naming the key: first a key neither knows, then the problem the trainer whose keys the block uses
+    reports (the mock's when all its keys are mock keys, the built-in one's otherwise)."""
+    import difflib
+
+    from trainer_blackbox.mock_trainer import MOCK_KEYS
+    from trainer_blackbox.train_config import MANAGED_KEYS, MODELS, TrainConfigError, validate_train_block
+
+    known = [*MODELS[mode].model_fields, *MOCK_KEYS]
+    unknown = [str(k) for k in train if k not in known]
+    if unknown:
+        key = unknown[0]
+        more = (
+            f" (and {len(unknown) - 1} more unknown key{'s' if len(unknown) > 2 else ''})"
+            if unknown[1:]
+            else ""
+        )
+        if key in MANAGED_KEYS:
+            return f"train.{key}: not configurable here: {MANAGED_KEYS[key]}{more}"
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"train.{key}: unknown key{hint}{more} (neither the built-in {mode} trainer nor the mock knows it)"
+    try:
+        validate_train_block(train, mode)  # type: ignore[arg-type]
+        return None
+    except TrainConfigError as exc:
+        builtin = str(exc)
+    try:
+        validate_train_block(train, "mock")
+        return None
+    except TrainConfigError as exc:
+        mock = str(exc)
+    if train and set(train) <= set(MOCK_KEYS):
+        return f"{mock} (for the mock trainer)"
+    return f"{builtin} (for the built-in {mode} trainer)"
 
 
 def _jsonable(data: Any) -> Any:

@@ -17,6 +17,7 @@ counter in state.json, bumped by every push and prune.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -64,6 +65,32 @@ def _phase(name: str) -> None:
     hook = PHASE_HOOK
     if hook is not None:
         hook(name)
+
+
+#: errno values that retrying cannot fix: permissions, a read-only filesystem, a file where a directory
+#: must be.  ENOENT is only fatal when the root's parent is missing (an unmounted network volume); a file
+#: that vanished mid-operation (a concurrent prune) is worth another try.
+FATAL_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the filesystem is read-only",
+    errno.ENOTDIR: "a path component is not a directory",
+}
+
+
+def unusable_root_problem(exc: OSError, root: Path) -> str | None:
+    """Why ``exc`` means the remote root ``root`` cannot be used at all, or None when a retry may help."""
+    hint = f"the remote root {root} is unusable: check that it is a writable directory on a mounted volume"
+    if exc.errno in FATAL_ERRNOS:
+        return f"{FATAL_ERRNOS[exc.errno]}: {hint}"
+    if exc.errno == errno.ENOENT:
+        try:
+            parent_ok = root.parent.is_dir()
+        except OSError:
+            parent_ok = False
+        if not parent_ok:
+            return f"{root.parent} does not exist: {hint}"
+    return None
 
 
 class FilesystemRemote(Remote):
@@ -153,10 +180,13 @@ class FilesystemRemote(Remote):
         return held
 
     def _wrap(self, exc: OSError, what: str) -> RemoteError:
-        return RemoteError(
-            f"{self.url}: {what} failed: {exc.strerror or exc}{' (' + str(exc.filename) + ')' if exc.filename else ''}",
-            retryable=True,
-        )
+        """An OSError as a RemoteError: retryable unless it says the remote root can never work."""
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{self.url}: {what} failed: {exc.strerror or exc}{where}"
+        fatal = unusable_root_problem(exc, self.root)
+        if fatal is not None:
+            return RemoteError(f"{message}; {fatal} (not retrying)", retryable=False)
+        return RemoteError(message, retryable=True)
 
     # -- the contract ----------------------------------------------------------------------------
     def state(self) -> RemoteState | None:

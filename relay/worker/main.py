@@ -1,12 +1,14 @@
 """``relayctl worker [--config PATH]``: carry a run on this pod (also ``python -m relay.worker``).
 
-Exit codes (see ``relay.worker.agent.EXIT_CODES``):
+Exit codes (see ``relay.worker.lifecycle.EXIT_CODES``):
 
 ==  ==========================================================================================
 0   done: the run completed, was preempted and handed on (SIGTERM/SIGINT), was cancelled, or
     there was nothing to do (the run is closed; pool mode and no run waits)
 1   internal error (a bug; the traceback is in the log)
-2   configuration error (one line naming the key); nothing was acquired
+2   configuration error (one line naming the key), or the pod cannot carry a run: relay_root
+    not writable, the trainer launcher missing, a file:// remote not writable
+    (``relay.worker.preflight``); nothing was acquired
 3   fenced: the lease was lost (409, no renewal for ttl - margin, the remote refused our epoch);
     the trainer was killed and nothing more was committed or synced
 4   the run failed on this worker (crash loop, hang loop, max_runtime_s, missing launcher,
@@ -38,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"worker config YAML (default: ${CONFIG_PATH_ENV}; every key can also come from its env var)",
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "INFO"), help="log level (default INFO)"
+        "--log-level",
+        default=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
+        help="log level (env RELAY_LOG_LEVEL, default INFO)",
     )
     parser.add_argument(
         "--env-reference", action="store_true", help="print the environment-variable reference and exit"
@@ -59,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
+        print(f"relay worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from relay.worker.preflight import PreflightError, preflight
+
+    try:  # the volume, the launcher, a file:// remote: before anything is acquired
+        preflight(cfg)
+    except PreflightError as exc:
         print(f"relay worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logging.basicConfig(

@@ -9,6 +9,7 @@ or replaced.  Each new line is what the watchdog calls progress; step and numeri
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -16,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.ids import INT64_MAX, parse_step
+
+log = logging.getLogger("relay.worker.progress")
+
 _RESERVED = {"step", "ts", "epoch"}
+_warned: set[str] = set()  # problems already logged once (a trainer repeats its mistake every step)
 
 
 @dataclass
@@ -81,29 +87,51 @@ class ProgressTail:
         return out
 
 
+def _warn_once(kind: str, message: str, *args: Any) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        log.warning(message + " (further such lines are skipped silently)", *args)
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite float from a JSON number, else None (bools, strings, NaN, +-inf, ints too big for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return None
+    return f if math.isfinite(f) else None
+
+
 def parse_line(raw: bytes | str) -> ProgressLine | None:
-    """One progress line -> ProgressLine, or None when it is not a JSON object with an integer step."""
+    """One progress line -> ProgressLine, or None when it is not a JSON object with a valid step.
+
+    Never raises: the trainer is a black box and its output is input.  A line whose step is not an
+    integer in 0..INT64_MAX is skipped with a warning logged once."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
-    step = obj.get("step")
-    if isinstance(step, bool) or not isinstance(step, (int, float)):
+    if "step" not in obj:
         return None
-    ts = obj.get("ts")
-    metrics = {
-        k: float(v)
-        for k, v in obj.items()
-        if k not in _RESERVED
-        and isinstance(v, (int, float))
-        and not isinstance(v, bool)
-        and math.isfinite(float(v))
-    }
-    return ProgressLine(
-        step=int(step),
-        ts=float(ts) if isinstance(ts, (int, float)) else time.time(),
-        metrics=metrics,
-        raw=obj,
-    )
+    step = parse_step(obj["step"])
+    if step is None:
+        _warn_once(
+            "step",
+            "progress line skipped: step must be an integer in 0..%d (got %s)",
+            INT64_MAX,
+            str(obj["step"])[:40],
+        )
+        return None
+    ts = _as_float(obj.get("ts"))
+    metrics: dict[str, float] = {}
+    for k, v in obj.items():
+        if k in _RESERVED:
+            continue
+        f = _as_float(v)
+        if f is not None:
+            metrics[k] = f
+    return ProgressLine(step=step, ts=ts if ts is not None else time.time(), metrics=metrics, raw=obj)

@@ -18,6 +18,11 @@ OOM_MARKERS = (
     "CUBLAS_STATUS_ALLOC_FAILED",
 )
 
+#: trainer_blackbox/README.md section 5: exit code 2 is a configuration or data error (reported before
+#: any model is loaded), so a restart would only fail the same way again.
+EXIT_CONFIG_OR_DATA = 2
+CONFIG_OR_DATA_REASON = "configuration or data error (exit code 2): restarting cannot help"
+
 
 class Verdict(str, enum.Enum):
     """Why the supervisor must act on a trainer that is still running."""
@@ -39,6 +44,12 @@ class ExitReport:
     def ok(self) -> bool:
         return self.exit_code == 0
 
+    @property
+    def restartable(self) -> bool:
+        """Whether restarting the trainer may help: not after exit code 2 (a configuration or data
+        error by the trainer contract; the same train: block and data would fail the same way)."""
+        return self.exit_code != EXIT_CONFIG_OR_DATA
+
 
 def detect_oom(lines: Iterable[str]) -> bool:
     """True when the log tail shows a CUDA out-of-memory error."""
@@ -56,6 +67,8 @@ def classify_exit(returncode: int | None, tail: Iterable[str]) -> ExitReport:
         reason = f"CUDA out of memory (exit code {returncode})"
     elif sig is not None:
         reason = f"killed by signal {sig}"
+    elif returncode == EXIT_CONFIG_OR_DATA:
+        reason = CONFIG_OR_DATA_REASON
     else:
         reason = f"exit code {returncode}"
     return ExitReport(returncode, sig, oom, reason)

@@ -39,6 +39,18 @@ CASES: list[tuple[str, str | None, dict[str, str], tuple[str, ...]]] = [
     ("train-env-list", None, {"TRAIN": "[1, 2]"}, ("train",)),
     ("keep-zero", None, {"CKPT_KEEP_LAST_N": "0"}, ("ckpt_keep_last_n",)),
     ("config-missing", None, {"RELAY_RUN_CONFIG": "/nonexistent/run.yaml"}, ("not found",)),
+    # the pod cannot carry a run: refused before acquiring (relay.worker.preflight)
+    ("root-in-proc", None, {"RELAY_ROOT": "/proc/relay-x"}, ("relay_root", "/proc/relay-x")),
+    ("root-is-a-file", None, {"RELAY_ROOT": "/etc/passwd"}, ("relay_root", "not a directory")),
+    ("launcher-missing", None, {"RELAY_TRAINER_DIR": "/nonexistent/x"}, ("trainer_dir", "launch_sft.sh")),
+    (
+        "launcher-missing-pool",
+        None,
+        {"RUN_ID": "", "MODE": "rl", "RELAY_TRAINER_DIR": str(REPO_ROOT / "configs")},
+        ("trainer_dir", "launch_rl.sh", "does not exist"),
+    ),
+    ("remote-in-proc", None, {"RELAY_REMOTE": "file:///proc/relay-r"}, ("remote", "file:///proc/relay-r")),
+    ("remote-under-a-file", None, {"RELAY_REMOTE": "file:///etc/passwd/r"}, ("remote", "not a directory")),
 ]
 
 

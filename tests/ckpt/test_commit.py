@@ -121,6 +121,52 @@ def test_symlink_inside_staged_is_rejected_not_followed(layout: RunLayout, tmp_p
     assert read_latest_step(layout) is None
 
 
+@pytest.mark.parametrize(
+    ("name", "marker"),
+    [
+        ("step_99999999999999999999999", None),  # the name's step does not fit in an int64
+        ("checkpoint-99999999999999999999999", None),
+        ("step_5", "1e30"),  # the marker names a step no int64 can hold
+        ("step_5", "NaN"),
+        ("step_5", "Infinity"),
+        ("step_5", "-3"),
+        ("step_5", "2.5"),
+        ("step_5", '"5"'),
+        ("step_5", str(2**63)),
+    ],
+)
+def test_staged_dirs_with_an_impossible_step_are_rejected_never_committed(
+    layout: RunLayout, name: str, marker: str | None
+) -> None:
+    good = stage_checkpoint(layout, 3)
+    bad = stage_checkpoint(layout, 0, name=name, marker=False)
+    (bad / "COMPLETE").write_text("" if marker is None else '{"step": ' + marker + "}")
+    assert [s.path for s in find_complete_staged(layout.staging_dir)] == [good]
+    ckpt = commit_newest_staged(layout, epoch=1, keep_last_n=5)
+    assert ckpt is not None and ckpt.step == 3  # the valid one is not held up by the bad one
+    assert not bad.exists() and read_latest_step(layout) == 3
+    [parked] = [p for p in layout.rejected_dir.iterdir() if p.is_dir()]
+    assert parked.name.startswith(name + ".") and (parked / "COMPLETE").exists()
+    reason = parked.with_name(parked.name + ".reason").read_text()
+    assert "0..9223372036854775807" in reason or "larger than" in reason, reason
+    assert [p.name for p in layout.ckpt_dir.glob("step_*")] == ["step_00000003"]
+
+
+def test_commit_checkpoint_refuses_an_out_of_range_step(layout: RunLayout) -> None:
+    from relay.ckpt.commit import StagedCheckpoint
+
+    d = stage_checkpoint(layout, 5)
+    with pytest.raises(InvalidStagedCheckpoint, match="not an integer in 0.."):
+        commit_checkpoint(layout, StagedCheckpoint(d, 2**63, "relay"), epoch=1, keep_last_n=2)
+    assert not d.exists() and read_latest_step(layout) is None
+
+
+def test_an_integral_float_marker_step_is_that_step(layout: RunLayout) -> None:
+    stage_checkpoint(layout, 0, name="step_1", marker=False)
+    (layout.staging_dir / "step_1" / "COMPLETE").write_text('{"step": 40.0}')
+    assert [s.step for s in find_complete_staged(layout.staging_dir)] == [40]
+
+
 def test_foreign_manifest_json_is_refused(layout: RunLayout) -> None:
     stage_checkpoint(layout, 5, {"manifest.json": b'{"shards": 2}', "w": b"1"})
     [s] = find_complete_staged(layout.staging_dir)

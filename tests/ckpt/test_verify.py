@@ -111,6 +111,33 @@ def test_recover_local_quarantines_bad_ones_and_repoints_latest(layout: RunLayou
     assert make_committed(layout, 3).step == 3
 
 
+def test_quarantine_keeps_only_the_newest_few(layout: RunLayout) -> None:
+    from relay.ckpt.verify import QUARANTINE_KEEP
+
+    names = []
+    for step in range(1, 7):  # six recoveries, each quarantining one bad checkpoint
+        bad = make_committed(layout, step * 10)
+        _flip_byte(bad.path / "model.safetensors")
+        recover_local(layout)
+        names.append(bad.path.name)
+    kept = sorted(p.name.split(".")[0] for p in layout.quarantine_dir.iterdir())
+    assert kept == sorted(names[-QUARANTINE_KEEP:]), kept
+    assert not any(layout.trash_dir.iterdir())
+
+
+def test_one_recovery_keeps_everything_it_quarantined(layout: RunLayout) -> None:
+    for step in range(1, 6):
+        make_committed(layout, step)
+    for step in range(2, 6):  # four bad ones found by one recovery: all kept for forensics
+        _flip_byte(layout.step_dir(step) / "model.safetensors")
+    (layout.quarantine_dir).mkdir(parents=True)
+    (layout.quarantine_dir / "step_00000099.123.abcd").mkdir()  # an old entry (previous name format)
+    scan = recover_local(layout)
+    assert scan.checkpoint.step == 1
+    kept = sorted(p.name.split(".")[0] for p in layout.quarantine_dir.iterdir())
+    assert kept == [f"step_{s:08d}" for s in range(2, 6)]
+
+
 def test_recover_local_removes_latest_when_nothing_verifies(layout: RunLayout) -> None:
     only = make_committed(layout, 1)
     (only.path / "config.json").unlink()

@@ -7,6 +7,8 @@ import json
 import math
 import time
 
+import pytest
+
 from tests.commander.calls import acquire, get_run, release, renew, report
 
 
@@ -185,6 +187,30 @@ async def test_release_retry_of_the_same_lease_is_idempotent(client):
     first = await release(client, grant, "completed")
     again = await release(client, grant, "completed")
     assert first == again == (200, {"ok": True, "status": "completed"})
+
+
+@pytest.mark.parametrize(("first", "second"), [("completed", "failed"), ("preempted", "completed")])
+async def test_a_retried_release_with_another_outcome_is_409_naming_the_recorded_one(client, first, second):
+    _, grant = await acquire(client)
+    status, body = await release(client, grant, first)
+    assert status == 200
+    recorded = body["status"]
+    status, body = await release(client, grant, second)
+    assert status == 409 and body["code"] == "stale_lease", body
+    assert f"already released as {first}" in body["error"] and body["detail"]["recorded_outcome"] == first
+    assert (await get_run(client))["status"] == recorded  # the first release stands
+    assert await release(client, grant, first) == (200, {"ok": True, "status": recorded})  # same: still 200
+
+
+async def test_a_retried_release_survives_a_commander_restart(make_client, tmp_path):
+    state = tmp_path / "restart.db"
+    client = await make_client(state=state)
+    _, grant = await acquire(client)
+    assert (await release(client, grant, "completed"))[0] == 200
+    await client.close()
+    client = await make_client(state=state)
+    assert (await release(client, grant, "completed"))[0] == 200
+    assert (await release(client, grant, "cancelled"))[0] == 409
 
 
 async def test_same_worker_reacquiring_fences_its_previous_incarnation(client):

@@ -157,17 +157,22 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
             "refusing to listen on non-loopback address '0.0.0.0' without a shared secret",
         ),
         (["--lease-ttl", "0"], {}, "lease TTL must be a positive number"),
+        (["--lease-ttl", "0.5"], {}, "at least 1 (got 0.5)"),
+        ([], {"RELAY_LEASE_TTL": "0.2"}, "at least 1 (got 0.2)"),
+        (["--lease-ttl", "nan"], {}, "at least 1 (got nan)"),
         ([], {"RELAY_LEASE_TTL": "soon"}, "RELAY_LEASE_TTL must be a number of seconds"),
         (["--port", "70000"], {}, "--port must be 0-65535"),
         (["--state", "/nonexistent-dir/x.db"], {}, "state directory /nonexistent-dir does not exist"),
     ],
-    ids=["non-loopback", "ttl-zero", "ttl-env", "port", "state-dir"],
+    ids=["non-loopback", "ttl-zero", "ttl-half", "ttl-env-short", "ttl-nan", "ttl-env", "port", "state-dir"],
 )
 def test_serve_refuses_bad_settings_with_one_line(args, env, message, tmp_path):
     if "--state" not in args:
         args = [*args, "--state", str(tmp_path / "s.db")]
     result = serve(*args, "--port", "0", env=env) if "--port" not in args else serve(*args, env=env)
     assert result.returncode in (1, 2), result
+    if "--lease-ttl" in args or "RELAY_LEASE_TTL" in env:
+        assert result.returncode == 2, result  # a configuration error
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -112,9 +112,12 @@ async def test_closed_runs_refuse_every_change_over_http(client, closed):
     assert (await acquire(client, None, "w3"))[0] == 404
     assert (await renew(client, grant))[0] == 409
     assert (await report(client, grant, step=1))[0] == 409
-    # The very lease that closed the run, released again: the idempotent answer, not a change.
-    code, body = await release(client, grant, "preempted")
+    # The very lease that closed the run, released again: the idempotent answer, not a change...
+    code, body = await release(client, grant, closed.value)
     assert (code, body["status"]) == (200, closed.value)
+    # ...unless it asks for another outcome: refused, naming the one recorded.
+    code, body = await release(client, grant, "preempted")
+    assert code == 409 and body["status"] == closed.value and f"released as {closed.value}" in body["error"]
     cancel = await client.post("/api/runs/r/cancel")
     assert cancel.status == (200 if closed is S.cancelled else 409)
     after = await get_run(client, "r")

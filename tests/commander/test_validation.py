@@ -167,6 +167,20 @@ async def test_field_errors_are_422_naming_the_field(client, path, payload, fiel
     assert (detail["status"], detail["epoch"], detail["step"]) == ("running", 1, None)
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+async def test_non_finite_log_timestamps_are_422_but_nan_metrics_are_accepted(client, number):
+    _, grant = await acquire(client)
+    lease = f'"worker_id": "w1", "lease_id": "{grant["lease_id"]}", "epoch": {grant["epoch"]}, "step": 1'
+    tail = '"log_tail": [{"ts": ' + number + ', "stream": "stdout", "line": "x"}]'
+    status, body = await post_raw(client, "/api/runs/r1/report", "{" + lease + ", " + tail + "}")
+    assert status == 422 and body["field"] == "log_tail.0.ts" and "finite" in body["error"], body
+    assert (await get_run(client))["step"] is None  # nothing recorded
+    metrics = '"metrics": {"loss": ' + number + ', "lr": 0.1}'
+    status, body = await post_raw(client, "/api/runs/r1/report", "{" + lease + ", " + metrics + "}")
+    assert status == 200, body  # a diverged loss is data, answered as null
+    assert (await get_run(client))["step"] == 1
+
+
 async def test_oversized_bodies_are_413(client):
     big = json.dumps({"worker_id": "w1", "run_id": "r1", "pad": "x" * (1024 * 1024)})
     status, body = await post_raw(client, "/api/lease/acquire", big)

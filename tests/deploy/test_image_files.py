@@ -48,3 +48,87 @@ def test_dockerignore_keeps_local_state_out() -> None:
     assert {".git", ".venv", "tests", "**/__pycache__", ".pytest_cache"} <= ignored
     for needed in ("relay", "trainer_blackbox", "docker", "configs", "pyproject.toml", "README.md"):
         assert needed not in ignored
+
+
+def _dockerignore_rules() -> list[tuple[re.Pattern[str], bool]]:
+    """(pattern as a regex, is an exception) per line, in order: Docker's rule is the last match wins."""
+    rules = []
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line[1:] if negated else line
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((re.compile(regex + r"\Z"), negated))
+    return rules
+
+
+def _in_image(rel: str) -> bool:
+    """Whether the build context holds ``rel``: a pattern matching the path or one of its parents decides."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    kept = True
+    for regex, negated in _dockerignore_rules():
+        if any(regex.match(c) for c in candidates):
+            kept = negated
+    return kept
+
+
+def test_the_image_keeps_the_test_helpers_bench_imports() -> None:
+    imported = set()
+    queue = sorted((REPO / "bench").glob("*.py"))
+    seen: set[Path] = set()
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in re.findall(r"^\s*(?:from|import) (tests(?:\.\w+)+)", path.read_text(), re.M):
+            rel = module.replace(".", "/") + ".py"
+            imported.add(rel)
+            queue.append(REPO / rel)
+    assert {"tests/helpers/commander_proc.py", "tests/worker/workerproc.py"} <= imported
+    for rel in sorted(
+        imported | {"tests/__init__.py", "tests/helpers/__init__.py", "tests/worker/__init__.py"}
+    ):
+        assert (REPO / rel).exists(), rel
+        assert _in_image(rel), f"{rel} is imported by bench/ but .dockerignore leaves it out"
+    for rel in ("tests/worker/test_e2e.py", "tests/chaos/test_partition.py", "tests/conftest.py"):
+        assert not _in_image(rel), rel
+    for rel in (
+        "tests/helpers/__pycache__/x.pyc",
+        "relay/__pycache__/x.pyc",
+        ".venv/bin/python",
+        ".git/HEAD",
+    ):
+        assert not _in_image(rel), rel
+    assert _in_image("relay/worker/main.py") and _in_image("bench/lease_bench.py")
+
+
+def test_bench_helpers_import_without_pytest() -> None:
+    """The image installs no test extras: the helpers bench/ imports must not need pytest at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"  # any `import pytest` now raises ImportError
+        "import tests.helpers.commander_proc, tests.helpers.chaos_cluster, tests.helpers.hub_server\n"
+        "import tests.worker.workerproc\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -36,7 +36,10 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import pytest
+try:  # the Docker image has no test extras; bench/ uses CommanderProcess, not the fixture
+    import pytest
+except ImportError:  # pragma: no cover - exercised by tests/deploy/test_image_files.py
+    pytest = None  # type: ignore[assignment]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(rb"listening on http://\S+?:(\d+)")
@@ -223,8 +226,7 @@ class CommanderProcess:
             return b""
 
 
-@pytest.fixture
-def commander_factory(tmp_path: Path) -> Iterator[Callable[..., CommanderProcess]]:
+def _commander_factory(tmp_path: Path) -> Iterator[Callable[..., CommanderProcess]]:
     """``commander_factory(**kwargs)`` starts a CommanderProcess (state in tmp_path) and stops it at teardown.
 
     Keyword arguments are CommanderProcess's; ``state_path`` defaults to a fresh file.
@@ -240,3 +242,7 @@ def commander_factory(tmp_path: Path) -> Iterator[Callable[..., CommanderProcess
     yield make
     for proc in started:
         proc.close()
+
+
+if pytest is not None:
+    commander_factory = pytest.fixture(_commander_factory, name="commander_factory")

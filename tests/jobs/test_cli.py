@@ -24,9 +24,10 @@ priority: 7
 max_restarts: 1
 max_duration_s: 3600
 train:
-  model_name_or_path: sshleifer/tiny-gpt2
+  model: sshleifer/tiny-gpt2
+  dataset: data/train.jsonl
   learning_rate: 0.0001
-  lora: {r: 8, alpha: 16}
+  lora: {r: 8, lora_alpha: 16}
 callbacks:
   webhook_url: https://hooks.example.com/relay
   auth_header: "Bearer do-not-print-me"
@@ -70,7 +71,7 @@ def test_submit_a_yaml_spec_then_again_then_a_conflict(tmp_path, capsys):
     code, out, _ = relayctl(capsys, "submit", str(path), "--run-id", "cli-2", "--json")
     data = json.loads(out)
     assert code == 0 and data["created"] and data["run"]["run_id"] == "cli-2"
-    assert data["run"]["spec"]["train"]["lora"] == {"r": 8, "alpha": 16}
+    assert data["run"]["spec"]["train"]["lora"] == {"r": 8, "lora_alpha": 16}
     assert data["run"]["spec"]["callbacks"]["auth_header"] == "***"
     assert "do-not-print-me" not in out
     code, out, _ = relayctl(capsys, "status", "cli-2")
@@ -81,7 +82,9 @@ def test_submit_a_yaml_spec_then_again_then_a_conflict(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("run_id: [unclosed\n", "is not valid YAML: "),
+        ("run_id: [unclosed\n", ": invalid YAML: line 2, column 1: "),
+        ("run_id: x\nstarted: 2024-13-45\n", ": invalid YAML: bad value: month must be in 1..12"),
+        ("[" * 5000, ": invalid YAML: "),
         ("- just\n- a list\n", "must hold a mapping of spec keys"),
         ("run_id: ok\nlearning_rate: 1\n", "learning_rate: unknown key (keys: run_id, mode,"),
         ("run_id: ../x\n", "run_id: invalid id: "),
@@ -94,6 +97,12 @@ def test_submit_a_yaml_spec_then_again_then_a_conflict(tmp_path, capsys):
             "callbacks.auth_header: must be one line",
         ),
         ("priority: high\nmode: nope\n", "(and 1 more problem)"),
+        ("train:\n  learning_rte: 0.1\n", "train.learning_rte: unknown key (did you mean 'learning_rate'?)"),
+        ("train:\n  model: m\n  dataset: d\n  lora: {r: 8, alpha: 16}\n", "train.lora.alpha: unknown key"),
+        ("mode: rl\ntrain:\n  max_steps: 5\n  output_dir: /x\n", "train.output_dir: not configurable here"),
+        ("train:\n  model: m\n  dataset: d\n  step_seconds: 0.1\n", "train.step_seconds: unknown key"),
+        ("train:\n  max_steps: many\n", "train.max_steps: "),
+        ("train:\n  lr: .nan\n", "train: non-finite number at train.lr"),
     ],
 )
 def test_bad_spec_files_are_one_line_without_sending_anything(tmp_path, capsys, text, message):
@@ -103,6 +112,36 @@ def test_bad_spec_files_are_one_line_without_sending_anything(tmp_path, capsys, 
     assert code == 2 and out == "" and len(err.splitlines()) == 1, err
     assert err.startswith(f"relayctl submit: error: {path}") and message in err, err
     assert "hide-me" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("mode", "train"),
+    [
+        ("sft", {}),
+        (
+            "sft",
+            {"max_steps": 4, "save_steps": 2, "step_seconds": 0.05, "crash_at_step": 3},
+        ),  # the mock's keys
+        ("rl", {"max_steps": 4, "hang_at_step": 2, "ignore_sigterm": True}),
+        ("sft", {"model": "m", "dataset": "d.jsonl", "learning_rate": 1e-4, "lora": {"r": 4}}),
+        ("rl", {"model": "m", "dataset": "d.jsonl", "num_generations": 4, "beta": 0.0}),
+    ],
+)
+def test_train_blocks_the_builtin_or_the_mock_trainer_accepts_pass(tmp_path, mode, train):
+    from relay.ctl.submit import load_spec
+
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps({"run_id": "ok", "mode": mode, "train": train}))
+    assert load_spec(str(path)).train == train
+
+
+def test_no_validate_sends_a_block_for_your_own_trainer(tmp_path, capsys):
+    path = tmp_path / "own.yaml"
+    path.write_text("run_id: own-trainer\ntrain:\n  slime_args: --tp 2\n  learning_rte: 1\n")
+    code, out, err = relayctl(capsys, "submit", str(path))
+    assert code == 2 and out == "" and "train.slime_args: unknown key" in err and "--no-validate" in err
+    code, out, err = relayctl(capsys, "submit", str(path), "--no-validate")
+    assert (code, err) == (0, "") and "submitted run own-trainer" in out
 
 
 def test_the_example_job_spec_is_valid():

@@ -19,10 +19,10 @@ def test_a_version_1_state_file_is_migrated(tmp_path, monkeypatch):
         old.close()
     store = Store.open(path)
     (version,) = store._conn.execute("PRAGMA user_version").fetchone()
-    assert version == len(store_module.MIGRATIONS) == 2
+    assert version == len(store_module.MIGRATIONS) == 3
     run = store.get_run("r1")
     assert run is not None and run.epoch == 4 and run.status is RunStatus.preempted
-    assert run.active_s == 0.0 and run.checkpoint_at is None
+    assert run.active_s == 0.0 and run.checkpoint_at is None and run.released_outcome is None
     store.save_run(run, outbox=[NewDelivery("preempted", "{}", 3.0)])
     assert store.pending_deliveries() == 1 and store.callback_state("r1").pending == 1
     store.close()

@@ -86,6 +86,25 @@ async def test_invalid_specs_are_refused_naming_the_field(commander, body, http,
     assert (await commander.get("/api/runs/bad")).status in (400, 404)  # nothing was created
 
 
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        ('"max_duration_s": NaN', "max_duration_s", "finite"),
+        ('"max_duration_s": Infinity', "max_duration_s", "finite"),
+        ('"max_duration_s": 1e400', "max_duration_s", "finite"),  # the JSON parser reads it as inf
+        ('"train": {"learning_rate": NaN}', "train", "train.learning_rate"),
+        ('"train": {"opt": {"betas": [0.9, -Infinity]}}', "train", "train.opt.betas[1]"),
+        ('"train": {"warmup": 1e400}', "train", "train.warmup"),
+    ],
+)
+async def test_non_finite_numbers_in_a_spec_are_422_naming_the_path(commander, raw, field, words):
+    body = '{"run_id": "nan", "mode": "sft", ' + raw + "}"
+    resp = await commander.post("/api/runs", data=body, headers={"Content-Type": "application/json"})
+    err = await resp.json()
+    assert resp.status == 422 and err["field"] == field and words in err["error"], err
+    assert (await commander.get("/api/runs/nan")).status == 404  # nothing was created
+
+
 async def test_malformed_json_is_a_400(commander):
     resp = await commander.post("/api/runs", data=b"{not json", headers={"Content-Type": "application/json"})
     assert resp.status == 400 and (await resp.json())["code"] == "malformed_json"

@@ -1,5 +1,6 @@
 """Filesystem-remote specifics: crash mid-push, revisions, URL parsing, hostile ids."""
 
+import errno
 import os
 from pathlib import Path
 
@@ -145,3 +146,51 @@ def test_fencing_is_rechecked_under_the_lock(tmp_path: Path, monkeypatch) -> Non
     state = open_remote(url, "run1").state()
     assert fired and (state.step, state.epoch) == (40, 2)
     assert open_remote(url, "run1").list_steps() == [40]
+
+
+def test_a_remote_root_under_a_file_is_not_retryable(tmp_path: Path) -> None:
+    layout = RunLayout(tmp_path / "vol", "run1")
+    ckpt = make_committed(layout, 3, {"w.bin": b"w"})
+    (tmp_path / "afile").write_text("x")
+    remote = open_remote(f"file://{tmp_path}/afile/remote", "run1")
+    with pytest.raises(RemoteError) as info:
+        remote.push(ckpt, epoch=1)
+    assert not info.value.retryable
+    msg = str(info.value)
+    assert (
+        "not a directory" in msg and f"{tmp_path}/afile/remote is unusable" in msg and "not retrying" in msg
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [
+        (errno.EACCES, False),
+        (errno.EPERM, False),
+        (errno.EROFS, False),
+        (errno.ENOTDIR, False),
+        (errno.EIO, True),
+    ],
+)
+def test_oserrors_that_can_never_work_are_not_retryable(tmp_path: Path, monkeypatch, code, retryable) -> None:
+    from relay.remote import filesystem as fs_mod
+
+    layout = RunLayout(tmp_path / "vol", "run1")
+    ckpt = make_committed(layout, 3, {"w.bin": b"w"})
+
+    def failing_copy(src, dst, **_kw):  # type: ignore[no-untyped-def]
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(fs_mod, "copy_file_hashed", failing_copy)
+    with pytest.raises(RemoteError) as info:
+        open_remote(f"file://{tmp_path}/remote", "run1").push(ckpt, epoch=1)
+    assert info.value.retryable is retryable and os.strerror(code) in str(info.value)
+
+
+def test_enoent_is_fatal_only_when_the_roots_parent_is_missing(tmp_path: Path) -> None:
+    from relay.remote.filesystem import unusable_root_problem
+
+    gone = OSError(errno.ENOENT, "No such file or directory", "x")
+    assert unusable_root_problem(gone, tmp_path / "remote") is None  # a file vanished: worth a retry
+    problem = unusable_root_problem(gone, tmp_path / "unmounted" / "remote")
+    assert problem is not None and f"{tmp_path / 'unmounted'} does not exist" in problem

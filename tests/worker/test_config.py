@@ -88,3 +88,44 @@ def test_every_key_has_an_env_var_and_a_description() -> None:
     for var in names.values():
         assert f"`{var}`" in ref
     assert "| `COMMANDER_URL` |" in ref
+
+
+@pytest.mark.parametrize("key", ["hf_token", "relay_shared_secret"])
+@pytest.mark.parametrize("value", ["123456789", "[hf_SeCrEt123]", "true", "12.5"])
+def test_a_bad_secret_value_is_never_echoed(tmp_path: Path, key: str, value: str) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text(f"commander_url: http://a:1\n{key}: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, env={})
+    msg = str(info.value)
+    assert key in msg and "\n" not in msg
+    for fragment in ("123456789", "SeCrEt", "True", "12.5"):
+        assert fragment not in msg, msg
+    if "(got" in msg:
+        assert "(got ***)" in msg
+
+
+def test_other_bad_values_are_still_echoed(tmp_path: Path) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text("commander_url: http://a:1\nmax_restarts: lots\n")
+    with pytest.raises(ConfigError, match=r"\(got 'lots'\)"):
+        load_config(f, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("commander_url: [unclosed\n", "invalid YAML: line 2, column 1: "),
+        (
+            "commander_url: http://a:1\nrun_id: 2024-13-45\n",
+            "invalid YAML: bad value: month must be in 1..12",
+        ),
+        ("[" * 5000, "invalid YAML: nested too deeply"),
+    ],
+)
+def test_yaml_problems_are_one_line_with_the_position(tmp_path: Path, text: str, fragment: str) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(f, env={})
+    assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)

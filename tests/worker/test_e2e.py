@@ -101,6 +101,27 @@ def test_hang_is_detected_and_the_trainer_restarted(tmp_path: Path, commander_fa
     assert run_detail(cmd, "hang")["status"] == "completed"
 
 
+def test_trainer_config_error_fails_at_once_without_restarts(tmp_path: Path, commander_factory: Any) -> None:
+    """Exit code 2 is a config/data error by the trainer contract: restarting would only burn the budget."""
+    cmd = commander_factory(lease_ttl_s=TTL)
+    w = WorkerProc(
+        tmp_path / "pod",
+        commander_url=cmd.url,
+        run_id="badkey",
+        worker_id="pod-k",
+        train={"max_steps": 5, "save_steps": 1, "no_such_key": 1},
+        settings={"max_restarts": 3, "restart_backoff_s": 0.05},
+    ).start()
+    assert w.wait(60) == 4, w.output()
+    names = [e["event"] for e in w.events()]
+    assert names.count("trainer_started") == 1 and "trainer_restarted" not in names
+    assert names[-1] == "failed"
+    detail = run_detail(cmd, "badkey")
+    assert detail["status"] == "failed"
+    assert "configuration or data error" in detail["detail"] and "not restarted" in detail["detail"]
+    assert "no_such_key" in detail["detail"]  # the trainer's own message travels with the release
+
+
 def test_crash_loop_ends_failed_after_max_restarts(tmp_path: Path, commander_factory: Any) -> None:
     cmd = commander_factory(lease_ttl_s=TTL)
     w = WorkerProc(

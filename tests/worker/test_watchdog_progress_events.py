@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
+
+from relay.worker import progress
 from relay.worker.events import EventLog, read_events
-from relay.worker.progress import ProgressTail
+from relay.worker.progress import ProgressTail, parse_line
 from relay.worker.watchdog import RestartPolicy, Verdict, Watchdog, classify_exit, detect_oom
 
 
@@ -98,3 +102,56 @@ def test_events_file_and_pending_queue(tmp_path: Path) -> None:
     ev.ack(first)
     assert ev.pending_count() == 1
     ev.close()
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e30",
+        "1e400",
+        "-1",
+        "2.5",
+        str(2**63),
+        "9" * 400,
+        "true",
+        '"7"',
+        "null",
+    ],
+)
+def test_progress_lines_with_an_impossible_step_are_skipped(
+    step: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    progress._warned.clear()
+    caplog.set_level(logging.WARNING, logger="relay.worker.progress")
+    line = '{"step": ' + step + ', "ts": 1.5, "loss": 0.5}'
+    assert parse_line(line) is None
+    assert parse_line(line.encode()) is None
+    warnings = [r for r in caplog.records if "progress line skipped" in r.getMessage()]
+    assert len(warnings) == 1  # once, not once per line
+
+
+def test_progress_step_bounds_and_hostile_numbers_elsewhere() -> None:
+    assert parse_line('{"step": 9223372036854775807, "ts": 1}').step == 2**63 - 1  # type: ignore[union-attr]
+    assert parse_line('{"step": 12.0, "ts": 1}').step == 12  # type: ignore[union-attr]
+    line = parse_line('{"step": 3, "ts": 1e999, "big": ' + "9" * 400 + ', "nan": NaN, "ok": 2}')
+    assert line is not None and line.step == 3 and line.metrics == {"ok": 2.0}
+    assert line.ts != float("inf")  # a non-finite ts falls back to now
+
+
+def test_progress_tail_skips_bad_steps_and_keeps_going(tmp_path: Path) -> None:
+    f = tmp_path / "progress.jsonl"
+    f.write_text('{"step": 1e30}\n{"step": NaN}\n{"step": -4}\n{"step": 2, "ts": 1}\n')
+    tail = ProgressTail(f, from_end=False)
+    assert [p.step for p in tail.poll()] == [2]
+
+
+def test_exit_code_2_is_not_restartable() -> None:
+    report = classify_exit(2, ["train.model: required"])
+    assert not report.restartable
+    assert report.reason == "configuration or data error (exit code 2): restarting cannot help"
+    for rc in (1, 3, 137, -9, None):
+        assert classify_exit(rc, []).restartable, rc
+    assert classify_exit(0, []).restartable
