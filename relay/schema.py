@@ -422,6 +422,12 @@ class ReleaseRequest(_Request):
     epoch: NonNegInt
     outcome: ReleaseOutcome
     detail: Text | None = None
+    restartable: bool = Field(
+        True,
+        description="With outcome failed: false when the failure would repeat on any pod (the trainer "
+        "reported a configuration or data error), so the commander does not spend the run's "
+        "max_restarts budget handing it out again.",
+    )
 
 
 class ReleaseResponse(_Response):

@@ -448,7 +448,7 @@ class LeaseManager:
         previous = row.status
         wall = self.wall()
         _end_lease_time(row, wall)
-        restart = req.outcome is ReleaseOutcome.failed and self._may_restart(row)
+        restart = req.outcome is ReleaseOutcome.failed and req.restartable and self._may_restart(row)
         target = runs.status_after_release(
             req.outcome, cancel_requested=row.cancel_requested, restart_allowed=restart
         )

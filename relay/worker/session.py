@@ -542,12 +542,20 @@ class RunSession:
         detail = f"trainer {what} {why}; last log lines:\n{_tail_text(tail)}"
         self.goto(S.RELEASING)
         return await self._release(
-            "failed", EXIT_FAILED, detail, exit_code=report.exit_code, oom=report.oom, log_tail=tail
+            "failed",
+            EXIT_FAILED,
+            detail,
+            restartable=report.restartable,
+            exit_code=report.exit_code,
+            oom=report.oom,
+            log_tail=tail,
         )
 
     # -- release / fenced -----------------------------------------------------------------------
 
-    async def _release(self, outcome: str, code: int, detail: str, **fields: Any) -> Outcome:
+    async def _release(
+        self, outcome: str, code: int, detail: str, *, restartable: bool = True, **fields: Any
+    ) -> Outcome:
         from relay.client import CommanderUnreachable, Fenced
         from relay.schema import ReleaseRequest
 
@@ -563,6 +571,7 @@ class RunSession:
             epoch=self.epoch,
             outcome=outcome,
             detail=detail[:8000],
+            restartable=restartable,
         )
         released = False
         started = time.monotonic()

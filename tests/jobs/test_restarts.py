@@ -33,6 +33,20 @@ async def test_a_failed_release_with_restarts_left_waits_for_the_next_worker(com
     assert leases_of(commander).stats.restarts == 2
 
 
+async def test_a_failure_that_would_repeat_anywhere_is_not_handed_out_again(commander):
+    """restartable=false (the trainer's config/data error): another pod would fail the same way."""
+    await submit(commander, spec("cfg", max_restarts=3))
+    _, grant = await acquire(commander, None, worker_id="w1")
+    status, answer = await release(
+        commander, grant, "failed", worker_id="w1", detail="bad train key", restartable=False
+    )
+    assert status == 200 and answer["status"] == "failed"
+    run = await get_run(commander, "cfg")
+    assert run["status"] == "failed" and run["restarts"] == 0
+    assert (await acquire(commander, None, worker_id="w2"))[0] == 404
+    assert leases_of(commander).stats.restarts == 0
+
+
 async def test_trainer_restarts_reported_by_the_worker_use_the_same_budget(commander):
     await submit(commander, spec("t", max_restarts=3))
     _, grant = await acquire(commander, None)

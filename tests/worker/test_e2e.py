@@ -120,6 +120,7 @@ def test_trainer_config_error_fails_at_once_without_restarts(tmp_path: Path, com
     assert detail["status"] == "failed"
     assert "configuration or data error" in detail["detail"] and "not restarted" in detail["detail"]
     assert "no_such_key" in detail["detail"]  # the trainer's own message travels with the release
+    assert detail["restarts"] == 0  # not spent on a failure every pod would repeat
 
 
 def test_crash_loop_ends_failed_after_max_restarts(tmp_path: Path, commander_factory: Any) -> None:
