@@ -422,6 +422,11 @@ class ReleaseRequest(_Request):
     epoch: NonNegInt
     outcome: ReleaseOutcome
     detail: Text | None = None
+    step: NonNegInt | None = Field(
+        None, description="The holder's last step: its final word, in case its last report was lost."
+    )
+    checkpoint: CheckpointRef | None = None
+    remote_step: NonNegInt | None = None
     restartable: bool = Field(
         True,
         description="With outcome failed: false when the failure would repeat on any pod (the trainer "

@@ -44,6 +44,7 @@ from relay.commander.store import LogRow, MetricsRow, NewDelivery, NewEvent, Run
 from relay.schema import (
     AcquireRequest,
     CallbackEvent,
+    CheckpointRef,
     EventName,
     EventRecord,
     MetricsPoint,
@@ -447,6 +448,7 @@ class LeaseManager:
         row = self._must_get(req.run_id)
         previous = row.status
         wall = self.wall()
+        _apply_progress(row, wall, req.step, req.checkpoint, req.remote_step)
         _end_lease_time(row, wall)
         restart = req.outcome is ReleaseOutcome.failed and req.restartable and self._may_restart(row)
         target = runs.status_after_release(
@@ -495,14 +497,7 @@ class LeaseManager:
             raise self._stale(run_id, req.worker_id, req.epoch, None)
         row = self._must_get(run_id)
         wall = self.wall()
-        row.step = req.step
-        if req.checkpoint is not None:
-            if row.latest_checkpoint is None or row.latest_checkpoint.step != req.checkpoint.step:
-                row.checkpoint_at = wall
-            row.latest_checkpoint = req.checkpoint
-        if req.remote_step is not None:
-            row.remote_step = req.remote_step
-        row.updated_at = wall
+        _apply_progress(row, wall, req.step, req.checkpoint, req.remote_step)
         events = []
         logs = [LogRow(line.ts, req.epoch, line.stream, line.line) for line in req.log_tail or ()]
         if req.event is not None:
@@ -726,6 +721,21 @@ class LeaseManager:
 
 def _spec(row: RunRow) -> RunSpec | None:
     return RunSpec.model_validate_json(row.spec_json) if row.spec_json else None
+
+
+def _apply_progress(
+    row: RunRow, wall: float, step: int | None, checkpoint: CheckpointRef | None, remote_step: int | None
+) -> None:
+    """Where the holder says the run stands (a report, or a release's last word)."""
+    if step is not None:
+        row.step = step
+    if checkpoint is not None:
+        if row.latest_checkpoint is None or row.latest_checkpoint.step != checkpoint.step:
+            row.checkpoint_at = wall
+        row.latest_checkpoint = checkpoint
+    if remote_step is not None:
+        row.remote_step = remote_step
+    row.updated_at = wall
 
 
 def _end_lease_time(row: RunRow, wall: float) -> None:

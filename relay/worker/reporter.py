@@ -144,30 +144,46 @@ class Reporter:
             return True
 
     def _request(self, record: dict[str, Any] | None) -> Any:
-        from relay.schema import CheckpointRef, LogLine, ReportRequest
+        from relay.schema import LogLine, ReportRequest
 
         lines = self.trainer_log.since(self._log_seq, limit=_MAX_LOG_LINES)
         step = self.step
         if record is not None and isinstance(record.get("step"), int):
             step = max(step, record["step"])
-        ckpt = None
-        if self.checkpoint is not None:
-            ckpt = CheckpointRef(
-                step=self.checkpoint[0], path=self.checkpoint[1], remote_revision=self.checkpoint[2]
-            )
         req = ReportRequest(
             worker_id=self.worker_id,
             lease_id=self.lease_id,
             epoch=self.epoch,
             step=max(0, int(step)),
             metrics=dict(self.metrics) if self.metrics else None,
-            checkpoint=ckpt,
+            checkpoint=self._checkpoint_ref(),
             remote_step=self.remote_step,
             event=record["event"] if record is not None else None,
             message=event_message(record) if record is not None else None,
             log_tail=[LogLine(ts=e.ts, stream=e.stream, line=e.line[:16000]) for e in lines] or None,
         )
         return req, (lines[-1].seq if lines else None)
+
+    def _checkpoint_ref(self) -> Any:
+        from relay.schema import CheckpointRef
+
+        if self.checkpoint is None:
+            return None
+        step, path, revision = self.checkpoint
+        return CheckpointRef(step=step, path=path, remote_revision=revision)
+
+    def final_progress(self) -> dict[str, Any]:
+        """Step, checkpoint and remote step for the release: the last word reaches the commander even
+        when the final report did not get through in its time budget."""
+        try:
+            return {
+                "step": max(0, int(self.step)),
+                "checkpoint": self._checkpoint_ref(),
+                "remote_step": self.remote_step,
+            }
+        except Exception as exc:  # a malformed local value must not block the release
+            log.warning("release without final progress: %s", exc)
+            return {}
 
     async def _send(self, record: dict[str, Any] | None) -> bool:
         """One report; True when the commander took it (or refused it for good)."""

@@ -572,6 +572,7 @@ class RunSession:
             outcome=outcome,
             detail=detail[:8000],
             restartable=restartable,
+            **self.reporter.final_progress(),
         )
         released = False
         started = time.monotonic()

@@ -165,6 +165,29 @@ async def test_preempted_release_makes_the_run_available_at_once(client):
     assert second["run"]["latest_checkpoint"] == {"step": 40, "path": "/ckpt/40", "remote_revision": "abc"}
 
 
+async def test_a_release_carries_the_holders_last_word_when_its_final_report_was_lost(client):
+    _, grant = await acquire(client, "r1", "w1")
+    await report(client, grant, step=30, checkpoint={"step": 30, "path": "/ckpt/30"}, remote_step=30)
+    status, _ = await release(
+        client,
+        grant,
+        "completed",
+        step=50,
+        checkpoint={"step": 50, "path": "/ckpt/50", "remote_revision": "r7"},
+        remote_step=50,
+    )
+    assert status == 200
+    run = await get_run(client, "r1")
+    assert run["status"] == "completed" and run["step"] == 50 and run["remote_step"] == 50
+    assert run["latest_checkpoint"] == {"step": 50, "path": "/ckpt/50", "remote_revision": "r7"}
+    # a release without them changes nothing of the progress
+    _, grant = await acquire(client, "r2", "w1")
+    await report(client, grant, step=7, checkpoint={"step": 5, "path": "/ckpt/5"})
+    await release(client, grant, "preempted")
+    run = await get_run(client, "r2")
+    assert run["step"] == 7 and run["latest_checkpoint"]["step"] == 5
+
+
 async def test_release_outcomes_and_regrant_rules(client):
     for run_id, outcome, regrant in (
         ("done", "completed", False),
