@@ -54,6 +54,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from tests.helpers.threaded_app import ThreadedApp
+
 LFS_THRESHOLD = 10 * 1024 * 1024
 DEFAULT_GITATTRIBUTES = "".join(
     f"{p} filter=lfs diff=lfs merge=lfs -text\n"
@@ -227,54 +229,22 @@ class HubServer:
         self.on_request: Any = None
         self._lock = threading.RLock()
         self._counter = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedApp | None = None
         self.url = ""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> HubServer:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._start_site())
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="hub-server", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if errors:
-            raise errors[0]
-        return self
-
-    async def _start_site(self) -> None:
         app = web.Application(client_max_size=4 * 1024**3)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        self.port = sock.getsockname()[1]
+        self._server = ThreadedApp(app, host=self.host, port=self.port, name="hub-server").start()
+        self.port = self._server.port
         self.url = f"http://{self.host}:{self.port}"
+        return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

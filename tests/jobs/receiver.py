@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.helpers.threaded_app import ThreadedApp
+
 
 @dataclass
 class Received:
@@ -34,9 +36,7 @@ class Receiver:
         self.attempts = 0
         self._received: list[Received] = []
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedApp | None = None
 
     @property
     def url(self) -> str:
@@ -45,44 +45,18 @@ class Receiver:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Receiver:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._start())
-            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="callback-receiver", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            raise errors[0]
-        return self
-
-    async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._server = ThreadedApp(
+            app, port=self.port, name="callback-receiver", shutdown_timeout=0.2, reuse_address=True
+        ).start(timeout_s=10)
+        self.port = self._server.port
+        return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> Receiver:
         return self.start()
