@@ -56,8 +56,18 @@ def check_resume_dir(env: RelayEnv) -> None:
 
 
 def check_deepspeed(cfg: ModelKeys) -> Any:
-    """The DeepSpeed config as TrainingArguments wants it; a missing or broken file is a config error."""
-    if cfg.deepspeed is None or isinstance(cfg.deepspeed, dict):
+    """The DeepSpeed config as TrainingArguments wants it; a missing or broken file, or no deepspeed package
+    (transformers would fail on it with a bare TypeError deep inside TrainingArguments), is a config error."""
+    if cfg.deepspeed is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise TrainConfigError(
+            "train.deepspeed is set but the deepspeed package is not installed "
+            "(pip install 'relay-trainer[deepspeed]'; the Docker image has it)"
+        )
+    if isinstance(cfg.deepspeed, dict):
         return cfg.deepspeed
     path = Path(cfg.deepspeed).expanduser()
     if not path.is_absolute() and not path.is_file():  # e.g. configs/deepspeed/zero2.json from the repo
@@ -174,10 +184,50 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _deepspeed_world(deepspeed: Any) -> None:
+    """Give DeepSpeed a world of one when the trainer was started without torchrun (one GPU, or the CPU).
+
+    DeepSpeed always runs under torch.distributed.  Started as a plain process it finds none of torchrun's
+    rendezvous variables and falls back to MPI discovery, which fails without mpi4py; a single-rank
+    loopback rendezvous is what ``deepspeed --num_gpus 1`` would set up.  Called by ``build_args``.
+    """
+    if deepspeed is None or "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
+def _init_deepspeed_group(args: Any) -> None:
+    """Create the process group before the model is loaded when DeepSpeed is on.
+
+    ZeRO-3 partitions the weights inside ``from_pretrained`` (``deepspeed.zero.Init``) and sizes the
+    partitions by the world it sees then; TrainingArguments only creates the group lazily, on first use
+    of ``args.device``, which would be after the model was loaded whole on every rank.  accelerate
+    initialises DeepSpeed's own comm layer only on GPUs, so it is initialised here too (a no-op when it
+    already is): without it ``zero.Init`` sees a world of one on CPU ranks.
+    """
+    if not getattr(args, "deepspeed", None):
+        return
+    _ = args.device
+    import deepspeed
+
+    deepspeed.init_distributed(auto_mpi_discovery=False)
+
+
 def build_args(cls: Any, **kwargs: Any) -> Any:
-    """``TrainingArguments``/``GRPOConfig`` from kwargs; their own consistency checks become config errors."""
+    """``TrainingArguments``/``GRPOConfig`` from kwargs; their own consistency checks become config errors.
+
+    With ``deepspeed`` set, the process group exists when this returns (see ``_init_deepspeed_group``).
+    """
+    _deepspeed_world(kwargs.get("deepspeed"))
     try:
-        return cls(**kwargs)
+        args = cls(**kwargs)
     except ImportError as exc:  # e.g. train.deepspeed without the deepspeed package
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainConfigError(
@@ -185,6 +235,8 @@ def build_args(cls: Any, **kwargs: Any) -> Any:
         ) from None
     except ValueError as exc:
         raise TrainConfigError(f"train: {str(exc).strip().splitlines()[0]}") from None
+    _init_deepspeed_group(args)
+    return args
 
 
 def world_size() -> int:

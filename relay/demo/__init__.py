@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "must lie after the first checkpoint and before the last step",
     )
     parser.add_argument(
+        "--deepspeed",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="train both pods under DeepSpeed with this JSON config (e.g. configs/deepspeed/zero2.json); "
+        "checkpoints are then DeepSpeed's, relayed like any other",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -73,6 +81,11 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         )
     if not args.timeout > 0:
         raise OptionsError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
+    deepspeed = args.deepspeed
+    if deepspeed is not None:
+        deepspeed = deepspeed.expanduser().resolve()
+        if not deepspeed.is_file():
+            raise OptionsError(f"--deepspeed {args.deepspeed}: no such file")
     workdir = args.workdir
     if workdir is not None:
         workdir = workdir.expanduser()
@@ -88,6 +101,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         keep=bool(args.keep),
         timeout_s=float(args.timeout),
         loss_every=max(1, steps // 8),
+        deepspeed=deepspeed,
     )
 
 

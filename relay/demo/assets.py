@@ -69,9 +69,11 @@ def _count_parameters(model_dir: Path) -> int:
     return total
 
 
-def train_block(assets: DemoAssets, *, steps: int, save_steps: int) -> dict[str, Any]:
+def train_block(
+    assets: DemoAssets, *, steps: int, save_steps: int, deepspeed: Path | None = None
+) -> dict[str, Any]:
     """The ``train:`` block of the demo run (built-in SFT; keys as in transformers' TrainingArguments)."""
-    return {
+    train: dict[str, Any] = {
         "model": str(assets.model_dir),
         "dataset": str(assets.dataset),
         "max_steps": steps,
@@ -83,6 +85,9 @@ def train_block(assets: DemoAssets, *, steps: int, save_steps: int) -> dict[str,
         "seed": 0,
         "max_seq_length": 64,
     }
+    if deepspeed is not None:
+        train["deepspeed"] = str(deepspeed)
+    return train
 
 
 def main(argv: list[str] | None = None) -> int:

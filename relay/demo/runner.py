@@ -64,6 +64,7 @@ class DemoOptions:
     timeout_s: float = 170.0
     lease_ttl_s: float = 30.0  # only a crash would wait for it; long enough for a loaded 2-core box
     loss_every: int = 5
+    deepspeed: Path | None = None  # a DeepSpeed JSON config for both pods' trainers
 
 
 class DemoFailed(Exception):
@@ -315,6 +316,7 @@ class Demo:
         self.tl.plain(
             f"relay demo: one SFT run ({opts.steps} steps, checkpoint every {opts.save_steps}) carried by two "
             f"pods; pod-a is preempted at step {opts.preempt_at}"
+            + (f"; DeepSpeed config {opts.deepspeed}" if opts.deepspeed else "")
         )
         self.tl.plain(
             f"relay demo: work directory {self.workdir}"
@@ -336,7 +338,7 @@ class Demo:
             f"tiny Llama ({assets.parameters / 1e3:.0f}k parameters) + BPE tokenizer and {assets.rows} chat SFT rows, "
             f"built locally in {self.workdir / 'assets'}",
         )
-        train = train_block(assets, steps=opts.steps, save_steps=opts.save_steps)
+        train = train_block(assets, steps=opts.steps, save_steps=opts.save_steps, deepspeed=opts.deepspeed)
         async with CommanderClient(self.url, self.secret) as client:
             self.client = client
             await client.health()

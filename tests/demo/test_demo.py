@@ -51,12 +51,14 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=[None, "configs/deepspeed/zero2.json"], ids=["plain", "zero2"])
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The default demo, and the same relay with both pods' trainers under DeepSpeed ZeRO-2 (CPU here)."""
     workdir = tmp_path_factory.mktemp("demo") / "wd"
     started = time.monotonic()
+    extra = ["--deepspeed", request.param] if request.param else []
     proc = subprocess.run(
-        relayctl("demo", "--keep", "--workdir", str(workdir)),
+        relayctl("demo", "--keep", "--workdir", str(workdir), *extra),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -68,6 +70,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "err": proc.stderr,
         "workdir": workdir,
         "wall_s": time.monotonic() - started,
+        "deepspeed": request.param,
     }
 
 
@@ -113,6 +116,18 @@ def test_remote_holds_the_final_checkpoint_at_epoch_2(demo: dict[str, Any]) -> N
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["step"] == STEPS
     assert (final / "trainer_state.json").is_file() or any(final.rglob("trainer_state.json"))
+    if demo["deepspeed"]:  # DeepSpeed's own layout travelled whole: its loader resumes from it
+        assert (final / "latest").read_text().strip() == f"global_step{STEPS}"
+        assert sorted(p.name for p in (final / f"global_step{STEPS}").iterdir()) == [
+            "mp_rank_00_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        ]
+        assert {f["path"] for f in manifest["files"]} >= {
+            "latest",
+            f"global_step{STEPS}/mp_rank_00_model_states.pt",
+        }
+    else:
+        assert (final / "optimizer.pt").is_file() and not (final / "latest").exists()
 
 
 def test_pod_b_resumed_from_pod_a_last_synced_step(demo: dict[str, Any]) -> None:
@@ -173,6 +188,10 @@ def test_ctrl_c_stops_every_child_and_cleans_up(tmp_path: Path) -> None:
         (["--preempt-at", "10"], "--preempt-at must lie after the first checkpoint (step 10)"),
         (["--preempt-at", "40"], "--preempt-at must lie after the first checkpoint"),
         (["--timeout", "0"], "--timeout must be a positive number"),
+        (
+            ["--deepspeed", "configs/deepspeed/nope.json"],
+            "--deepspeed configs/deepspeed/nope.json: no such file",
+        ),
     ],
 )
 def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:

@@ -1,6 +1,7 @@
-"""Built-in SFT on 2 CPU ranks (torchrun + gloo) through the real launcher: SIGTERM to the launcher pid (the
-elastic agent) saves one complete checkpoint holding every rank's RNG state, and a resume from it continues
-the uninterrupted run's losses exactly."""
+"""Built-in SFT on 2 CPU ranks (torchrun + gloo) through the real launcher, plain DDP and DeepSpeed ZeRO-3:
+SIGTERM to the launcher pid (the elastic agent) saves one complete checkpoint holding every rank's RNG state
+(and, under ZeRO-3, every rank's parameter and optimizer shards), and a resume from it continues the
+uninterrupted run's losses exactly."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.trainer.conftest import (
     trainer_env,
     wait_step,
 )
+from tests.trainer.test_deepspeed import assert_deepspeed_checkpoint, ds_config
 
 
 def _gloo_available() -> bool:
@@ -38,8 +40,9 @@ STOP_AT = 2
 pytestmark = pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo is not available")
 
 
+@pytest.mark.parametrize("zero_stage", [None, 3], ids=["ddp", "zero3"])
 def test_two_rank_sigterm_checkpoint_and_exact_resume(
-    tmp_path: Path, tiny_model: Path, sft_data: Path
+    tmp_path: Path, tiny_model: Path, sft_data: Path, zero_stage: int | None
 ) -> None:
     # 24 rows / (2 ranks x batch 2) = 6 steps per epoch; steps take ~20 ms here and SIGTERM lands a step or
     # two after it is sent, so STEPS leaves a wide margin for a loaded machine (and crosses epoch ends).
@@ -55,6 +58,8 @@ def test_two_rank_sigterm_checkpoint_and_exact_resume(
         "max_seq_length": 32,
         "seed": 3,
     }
+    if zero_stage is not None:
+        train["deepspeed"] = ds_config(zero_stage)
     a_dir, b_dir, c_dir = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     nproc = {"RELAY_NPROC": str(NPROC)}
     a = launch("sft", trainer_env(a_dir, train, **nproc), a_dir / "trainer.log")
@@ -91,9 +96,12 @@ def test_two_rank_sigterm_checkpoint_and_exact_resume(
     assert not (ckpt / "COMPLETE.tmp").exists()
     rng = sorted(p.name for p in ckpt.glob("rng_state*.pth"))
     assert rng == [f"rng_state_{r}.pth" for r in range(NPROC)]  # one per rank, and no single-process file
-    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", "model.safetensors"):
-        assert (ckpt / name).is_file(), name
-    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == stopped
+    if zero_stage is None:
+        for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", "model.safetensors"):
+            assert (ckpt / name).is_file(), name
+        assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == stopped
+    else:
+        assert_deepspeed_checkpoint(ckpt, stopped, zero_stage, ranks=NPROC)
 
     # Commit it as the worker would (a copy outside the staging dir, plus its manifest), then resume.
     committed = tmp_path / "committed" / ckpt.name
