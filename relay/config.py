@@ -36,13 +36,13 @@ from pydantic import (
 )
 
 from relay.ids import id_problem
+from relay.remote.url import check_repo_id, parse_remote_url
 from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
 #: Keys whose values are never printed: not in logs, not in error messages ("(got ***)").
 SECRET_KEYS = ("hf_token", "relay_shared_secret")
 MASK = "***"
-_HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ConfigError(Exception):
@@ -271,23 +271,13 @@ class WorkerConfig(BaseModel):
     def _check_remote(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        v = v.strip()
-        if v.startswith("hf://"):
-            if not _HF_REPO_RE.fullmatch(v[len("hf://") :]):
-                raise ValueError(f"hf:// remote must be hf://owner/repo (got {v!r})")
-            return v
-        if v.startswith("file://"):
-            if not v[len("file://") :].startswith("/"):
-                raise ValueError(f"file:// remote needs an absolute path, file:///abs/path (got {v!r})")
-            return v
-        raise ValueError(f"must start with hf:// or file:/// (got {v!r})")
+        parse_remote_url(v)  # RemoteConfigError is a ValueError: pydantic reports it under the field
+        return v.strip()
 
     @field_validator("hf_repo")
     @classmethod
     def _check_hf_repo(cls, v: str | None) -> str | None:
-        if v is not None and not _HF_REPO_RE.fullmatch(v.strip()):
-            raise ValueError(f"must be owner/repo (got {v!r})")
-        return v.strip() if v is not None else None
+        return check_repo_id(v.strip()) if v is not None else None
 
     @field_validator("relay_root", "trainer_dir")
     @classmethod

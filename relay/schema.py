@@ -26,6 +26,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from relay.ids import ID_PATTERN, INT64_MAX, id_problem
+from relay.remote.base import RemoteConfigError
+from relay.remote.url import REMOTE_PATTERN, parse_remote_url
 
 # --------------------------------------------------------------------------- scalar types
 
@@ -176,16 +178,28 @@ def _matching(pattern: str, code: str, message: str, max_length: int) -> Any:
 WEBHOOK_URL_PATTERN = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?$"
 #: One line of printable ASCII: it becomes an HTTP header, so no CR/LF can smuggle in another one.
 HEADER_PATTERN = r"^[ -~]+$"
-#: A remote a worker can open (the worker's config has the same rule): hf://owner/repo or file:///abs/path.
-REMOTE_PATTERN = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*|file:///[!-~]*)$"
 
 WebhookUrl = _matching(
     WEBHOOK_URL_PATTERN, "invalid_url", "must be an http:// or https:// URL with a host", 2048
 )
 HeaderText = _matching(HEADER_PATTERN, "invalid_header", "must be one line of printable ASCII", 4096)
-RemoteUrl = _matching(
-    REMOTE_PATTERN, "invalid_remote", "must be hf://owner/repo or file:///absolute/path", 2048
-)
+
+
+def _check_remote(value: str) -> str:
+    try:
+        parse_remote_url(value)
+    except RemoteConfigError as exc:
+        raise PydanticCustomError("invalid_remote", "{reason}", {"reason": str(exc)}) from None
+    return value
+
+
+#: A remote a worker can open, by the one rule of ``relay.remote.url`` (the worker's config uses it too).
+RemoteUrl = Annotated[
+    str,
+    Field(max_length=2048),
+    AfterValidator(_check_remote),
+    WithJsonSchema({"type": "string", "pattern": REMOTE_PATTERN, "maxLength": 2048}),
+]
 
 
 class CallbackSpec(_Request):

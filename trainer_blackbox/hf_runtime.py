@@ -29,10 +29,28 @@ class ModelLoadError(ValueError):
 def run_main(prog: str, body: Callable[[], int]) -> int:
     """Run a trainer body; user errors become one line on stderr and exit code 2 (never a traceback)."""
     try:
-        return body()
+        code = body()
     except (EnvError, TrainConfigError, DatasetError, ModelLoadError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    _destroy_process_group()
+    return code
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down before the interpreter does.
+
+    Left to exit-time destructors, the C++ threads of a live gloo/NCCL group (DeepSpeed always has one)
+    can abort the process with SIGABRT ("terminate called without an active exception") after a clean
+    finish, which the worker can only read as a crash.  Every rank gets here together: training ends at
+    the same step on all of them (the stop flag is all-reduced).
+    """
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def configure_runtime() -> None:

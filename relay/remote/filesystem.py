@@ -100,7 +100,7 @@ class FilesystemRemote(Remote):
         self.root = Path(root)
         if not self.root.is_absolute():
             raise RemoteError(f"filesystem remote root must be absolute (got {root!s})")
-        self.url = f"file://{self.root}"
+        self.url = self.root.as_uri()
         self.run_root = self.root / self.run_id
         self.ckpts = self.run_root / CHECKPOINTS_DIR
         self.relay_dir = self.run_root / RELAY_DIR

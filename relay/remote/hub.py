@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,7 +40,6 @@ from relay.remote.base import (
     CHECKPOINTS_DIR,
     PushResult,
     Remote,
-    RemoteConfigError,
     RemoteCorruptError,
     RemoteError,
     RemoteState,
@@ -53,19 +51,13 @@ from relay.remote.base import (
     remote_state_path,
     superseded_steps,
 )
+from relay.remote.url import check_repo_id
 
 log = logging.getLogger(__name__)
 
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 GITATTRIBUTES = ".gitattributes"
 LFS_RULE = "*/checkpoints/** filter=lfs diff=lfs merge=lfs -text"
 _RETRYABLE_STATUS = {408, 425, 429}
-
-
-def check_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not REPO_ID_RE.match(repo_id) or ".." in repo_id or "--" in repo_id:
-        raise RemoteConfigError(f"Hub repo id must look like owner/name (got {repo_id!r})")
-    return repo_id
 
 
 class _HeadMoved(Exception):

@@ -259,7 +259,7 @@ BAD = {
     "no-remote": (["--commander-url", "http://h:1", "--shared-secret", "s"], "no checkpoint remote"),
     "bad-remote": (
         [*BASE[:4], "--remote", "s3://b", "--shared-secret", "s"],
-        "--remote: must start with hf://",
+        "--remote: unsupported remote URL 's3://b'",
     ),
     "no-secret": (
         ["--commander-url", "http://h:1", "--hf-repo", "a/b", "--hf-token", "t"],

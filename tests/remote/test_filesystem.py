@@ -109,7 +109,9 @@ def test_hostile_run_ids_never_reach_a_path(tmp_path: Path, run_id: str) -> None
 def test_url_forms(tmp_path: Path) -> None:
     r = open_remote(f"file://{tmp_path}/with%20space", "run1")
     assert isinstance(r, FilesystemRemote) and r.root == tmp_path / "with space"
-    assert open_remote("hf://owner/repo/", "run1").url == "hf://owner/repo"
+    assert r.url == (tmp_path / "with space").as_uri()  # the URL it reports opens the same directory
+    assert open_remote(r.url, "run1").root == r.root
+    assert open_remote(" hf://owner/repo ", "run1").url == "hf://owner/repo"
 
 
 def test_pull_shows_a_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch, capsys) -> None:
