@@ -17,6 +17,22 @@ STEPS = 6
 STOP_AT = 3
 
 
+def sft_train(model: Path, data: Path, steps: int, **over: object) -> dict[str, object]:
+    """A short SFT ``train:`` block on the tiny model; one checkpoint only, when SIGTERM asks for it."""
+    train: dict[str, object] = {
+        "model": str(model),
+        "dataset": str(data),
+        "max_steps": steps,
+        "save_steps": 100,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "cosine",
+        "max_seq_length": 32,
+    }
+    train.update(over)
+    return train
+
+
 def ds_config(stage: int) -> str:
     # Relative, as a user writes it in run.yaml: the trainer resolves it inside the repo.
     return f"configs/deepspeed/zero{stage}.json"
@@ -41,18 +57,7 @@ def assert_deepspeed_checkpoint(ckpt: Path, step: int, stage: int, ranks: int = 
 def test_sft_zero_sigterm_resume_is_exact(
     tmp_path: Path, tiny_model: Path, sft_data: Path, stage: int
 ) -> None:
-    train = {
-        "model": str(tiny_model),
-        "dataset": str(sft_data),
-        "max_steps": STEPS,
-        "save_steps": 100,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "cosine",
-        "max_seq_length": 32,
-        "seed": 5,
-        "deepspeed": ds_config(stage),
-    }
+    train = sft_train(tiny_model, sft_data, STEPS, seed=5, deepspeed=ds_config(stage))
     a, b, c, committed = relay_resume_experiment("sft", train, tmp_path, stop_at=STOP_AT)
     assert [x["step"] for x in a] == list(range(1, STEPS + 1))
     assert a[-1]["loss"] < a[0]["loss"]

@@ -22,7 +22,7 @@ from tests.trainer.conftest import (
     trainer_env,
     wait_step,
 )
-from tests.trainer.test_deepspeed import assert_deepspeed_checkpoint, ds_config
+from tests.trainer.test_deepspeed import assert_deepspeed_checkpoint, ds_config, sft_train
 
 
 def _gloo_available() -> bool:
@@ -46,18 +46,7 @@ def test_two_rank_sigterm_checkpoint_and_exact_resume(
 ) -> None:
     # 24 rows / (2 ranks x batch 2) = 6 steps per epoch; steps take ~20 ms here and SIGTERM lands a step or
     # two after it is sent, so STEPS leaves a wide margin for a loaded machine (and crosses epoch ends).
-    train = {
-        "model": str(tiny_model),
-        "dataset": str(sft_data),
-        "max_steps": STEPS,
-        "save_steps": 100,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.1,
-        "max_seq_length": 32,
-        "seed": 3,
-    }
+    train = sft_train(tiny_model, sft_data, STEPS, warmup_ratio=0.1, seed=3)
     if zero_stage is not None:
         train["deepspeed"] = ds_config(zero_stage)
     a_dir, b_dir, c_dir = tmp_path / "a", tmp_path / "b", tmp_path / "c"
