@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from trainer_blackbox.data import DatasetError
 from trainer_blackbox.env import EnvError, RelayEnv
@@ -37,14 +37,30 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     return code
 
 
-def _destroy_process_group() -> None:
-    """Tear the process group down before the interpreter does.
+def exit_process(code: int) -> NoReturn:
+    """End the trainer process with ``code`` without running the interpreter's teardown.
 
-    Left to exit-time destructors, the C++ threads of a live gloo/NCCL group (DeepSpeed always has one)
-    can abort the process with SIGABRT ("terminate called without an active exception") after a clean
-    finish, which the worker can only read as a crash.  Every rank gets here together: training ends at
-    the same step on all of them (the stop flag is all-reduced).
+    After a clean finish, native threads that torch.distributed and DeepSpeed leave behind (seen on CPU:
+    a single-rank DeepSpeed run, even after ``destroy_process_group``) can make C++ static destructors
+    abort the process: SIGABRT, "terminate called without an active exception".  The worker can only
+    read that as a crash and would restart a finished run.  Everything that matters is on disk by now
+    (checkpoints are fsynced and marked COMPLETE, the progress file is closed), so flush the streams
+    and logging, then leave with ``os._exit``.
     """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said anyway
+            pass
+    os._exit(code)
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down while every rank is still here (they end training at the same step:
+    the stop flag is all-reduced), so no peer is left waiting on a store or a collective."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist

@@ -11,7 +11,6 @@ was never stopped.  Contract: trainer_blackbox/README.md.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from trainer_blackbox.hf_runtime import (
     check_model_ref,
     check_resume_dir,
     configure_runtime,
+    exit_process,
     load_model,
     load_tokenizer,
     lora_config,
@@ -142,4 +142,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -9,7 +9,6 @@ would have seen.  Contract: trainer_blackbox/README.md.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from trainer_blackbox.data import load_sft_rows, tokenize_sft
@@ -20,6 +19,7 @@ from trainer_blackbox.hf_runtime import (
     check_model_ref,
     check_resume_dir,
     configure_runtime,
+    exit_process,
     load_model,
     load_tokenizer,
     lora_config,
@@ -109,4 +109,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
