@@ -41,6 +41,13 @@ check_id() {
   fi
 }
 
+# The Hub repo rule of relay/remote/url.py (check_repo_id): owner/name, each part 1-96 of
+# A-Z a-z 0-9 . _ - starting with a letter or digit, and no ".." or "--" anywhere.
+valid_repo() {
+  local LC_ALL=C
+  [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$ && $1 != *..* && $1 != *--* ]]
+}
+
 check_worker_env() {
   # With a config file, keys may come from the YAML instead of the environment, so only the
   # values that ARE set are checked here; the worker reports a missing key itself.
@@ -74,8 +81,7 @@ check_worker_env() {
 
   local remote=${RELAY_REMOTE:-} repo=${HF_REPO:-}
   if [[ -n $repo ]]; then
-    [[ $repo =~ ^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$ ]] ||
-      fail "HF_REPO must be owner/name (got '$repo')"
+    valid_repo "$repo" || fail "HF_REPO must be owner/name (got '$repo')"
     if [[ -n $remote && $remote != "hf://$repo" ]]; then
       fail "HF_REPO and RELAY_REMOTE disagree ('$repo' vs '$remote'); set only one"
     fi
@@ -84,8 +90,7 @@ check_worker_env() {
   if [[ -z $remote ]]; then
     ((from_file)) || fail "HF_REPO (owner/name) or RELAY_REMOTE (hf://owner/name or file:///path) is required"
   elif [[ $remote == hf://* ]]; then
-    [[ $remote =~ ^hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$ ]] ||
-      fail "RELAY_REMOTE must be hf://owner/name (got '$remote')"
+    valid_repo "${remote#hf://}" || fail "RELAY_REMOTE must be hf://owner/name (got '$remote')"
     [[ -n ${HF_TOKEN:-} ]] ||
       fail "HF_TOKEN is required to sync checkpoints to $remote (a token with write access)"
   elif [[ $remote == file:///* ]]; then

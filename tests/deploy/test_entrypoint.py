@@ -112,6 +112,17 @@ BAD_ENVS = {
     "remote-s3": ({"HF_REPO": None, "RELAY_REMOTE": "s3://bucket/x"}, "RELAY_REMOTE must start with hf://"),
     "remote-file-relative": ({"HF_REPO": None, "RELAY_REMOTE": "file://rel/x"}, "must start with hf://"),
     "remote-hf-bad": ({"HF_REPO": None, "RELAY_REMOTE": "hf://only"}, "RELAY_REMOTE must be hf://owner/name"),
+    # the worker's rule (relay/remote/url.py) refuses these too: the entrypoint must not let them through
+    "remote-hf-dashes": (
+        {"HF_REPO": None, "RELAY_REMOTE": "hf://a/b--c"},
+        "RELAY_REMOTE must be hf://owner/name",
+    ),
+    "remote-hf-slash": (
+        {"HF_REPO": None, "RELAY_REMOTE": "hf://a/b/"},
+        "RELAY_REMOTE must be hf://owner/name",
+    ),
+    "hf-repo-dotdot": ({"HF_REPO": "a/..b"}, "HF_REPO must be owner/name"),
+    "hf-repo-leading-dot": ({"HF_REPO": ".a/b"}, "HF_REPO must be owner/name"),
     "repo-and-remote-disagree": ({"RELAY_REMOTE": "hf://other/repo"}, "HF_REPO and RELAY_REMOTE disagree"),
     "no-hf-token": ({"HF_TOKEN": None}, "HF_TOKEN is required"),
     "no-hf-token-remote": (
@@ -275,3 +286,39 @@ def test_shellcheck_passes() -> None:
 def test_entrypoint_is_executable() -> None:
     assert os.access(ENTRYPOINT, os.X_OK)
     assert ENTRYPOINT.read_text().startswith("#!/usr/bin/env bash\n")
+
+
+REPO_IDS = [
+    "owner/repo",
+    "Org.1/my_repo-2",
+    "a/b",
+    "a" * 96 + "/b",
+    "a" * 97 + "/b",
+    "only-owner",
+    "a/b/c",
+    "a/b/",
+    ".a/b",
+    "a/-b",
+    "a/..b",
+    "a/b..c",
+    "a/b--c",
+    "a b/c",
+    "a/b\u00e9",
+    "",
+]
+
+
+def test_shell_repo_rule_agrees_with_the_worker() -> None:
+    """The entrypoint's valid_repo and relay.remote.url.check_repo_id accept exactly the same ids."""
+    from relay.remote.url import RemoteConfigError, check_repo_id
+
+    body = ENTRYPOINT.read_text()
+    func = body[body.index("valid_repo() {") : body.index("\n}\n", body.index("valid_repo() {")) + 3]
+    for repo_id in REPO_IDS:
+        shell = subprocess.run(["bash", "-c", func + 'valid_repo "$1"', "sh", repo_id], timeout=10).returncode
+        try:
+            check_repo_id(repo_id)
+            python_ok = True
+        except RemoteConfigError:
+            python_ok = False
+        assert (shell == 0) == python_ok, f"{repo_id!r}: shell {'accepts' if shell == 0 else 'refuses'}"
