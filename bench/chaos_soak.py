@@ -11,7 +11,7 @@ moment (while training, mid-checkpoint, right after a checkpoint is complete, du
 the workers reach the commander through a TCP proxy). Whenever a run completes a new one is added.
 After ``--duration`` seconds the faults stop and the open runs get to finish.
 
-Then the checker shared with ``tests/chaos`` (tests/helpers/chaos_checks.py) reads what every process
+Then the checker shared with ``tests/chaos`` (relay_testkit/chaos_checks.py) reads what every process
 recorded and prints the figures: runs completed, kills injected, fencing violations (must be 0), the
 most steps lost by one hard kill (same volume: at most one checkpoint interval; another volume: what
 the dead pod had not uploaded yet), commander restarts survived. Exit status 1 on any violation.
@@ -33,8 +33,8 @@ if str(REPO_ROOT) not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.helpers.chaos_checks import check_artifacts
-    from tests.helpers.chaos_cluster import ChaosCluster, ChaosDriver, ChaosSettings
+    from relay_testkit.chaos_checks import check_artifacts
+    from relay_testkit.chaos_cluster import ChaosCluster, ChaosDriver, ChaosSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=240.0, help="seconds of fault injection (default 240)")

@@ -13,7 +13,7 @@ What it measures (same bytes, same disk, one directory):
                fsync pays the write-back), against ``cp -r`` + ``sync`` + hashing;
 * verify    -- ``verify_checkpoint`` (rehash against the manifest);
 * push      -- bytes sent by a push where one of N files changed, to the filesystem remote and to
-               the local Hub look-alike (tests/helpers/hub_server.py, real huggingface_hub client);
+               the local Hub look-alike (relay_testkit/hub_server.py, real huggingface_hub client);
                and a re-push of the unchanged checkpoint (target: 0 bytes).
 """
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             fs_repush_unchanged_bytes=fs.push(ckpt3, epoch=1).bytes_sent,
         )
         if not args.skip_hub:
-            from tests.helpers.hub_server import HubServer
+            from relay_testkit.hub_server import HubServer
 
             with HubServer(work / "hubdata") as hub:
                 remote = open_remote("hf://bench/ckpts", "bench", endpoint=hub.url)

@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.helpers.commander_proc import CommanderProcess  # noqa: E402
-from tests.worker.workerproc import WorkerProc  # noqa: E402
+from relay_testkit.commander_proc import CommanderProcess  # noqa: E402
+from relay_testkit.workerproc import WorkerProc  # noqa: E402
 
 PHASES = ("final_save", "commit", "upload", "release", "lease_handoff", "download", "launch", "trainer_start")
 

@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url = args.url
     else:
-        from tests.helpers.commander_proc import CommanderProcess
+        from relay_testkit.commander_proc import CommanderProcess
 
         secret = secret or os.urandom(8).hex()
         tmp = tempfile.TemporaryDirectory(prefix="lease-bench-")

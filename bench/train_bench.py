@@ -212,8 +212,8 @@ def run_worker(
     work: Path, train: dict[str, Any], threads: int | None, timeout: float
 ) -> tuple[list[dict], Path]:
     """The same trainer under ``python -m relay.worker`` with a real commander and a file:// remote."""
-    from tests.helpers.commander_proc import CommanderProcess
-    from tests.worker.workerproc import WorkerProc
+    from relay_testkit.commander_proc import CommanderProcess
+    from relay_testkit.workerproc import WorkerProc
 
     work.mkdir(parents=True)
     remote = work / "remote"

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tests.helpers.commander_proc import commander_factory  # noqa: F401  (a fixture)
+from relay_testkit.commander_proc import commander_factory  # noqa: F401  (a fixture)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chaos_checks import FENCING_KINDS, check
+from relay_testkit.chaos_checks import FENCING_KINDS, check
 
 RUN = "r"
 VOL = "/vol-a"

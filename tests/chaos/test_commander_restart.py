@@ -3,22 +3,12 @@ through an outage shorter than their safety margin without stopping their traine
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers.chaos_checks import check_artifacts
-from tests.helpers.chaos_cluster import ChaosCluster, ChaosSettings, read_jsonl
-from tests.helpers.lease_load import LeaseLoad
-
-
-def wait_for(cond: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+from relay_testkit.chaos_checks import check_artifacts
+from relay_testkit.chaos_cluster import ChaosCluster, ChaosSettings, read_jsonl
+from relay_testkit.lease_load import LeaseLoad
+from relay_testkit.wait import wait_for
 
 
 def test_commander_kill_9_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:

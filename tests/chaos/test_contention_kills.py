@@ -1,7 +1,7 @@
 """Several workers contend for a few runs while a seeded driver kills them (SIGKILL and SIGTERM) at chosen
 moments: during training, mid-checkpoint, right after a checkpoint is complete, during an upload.
 
-Every promise is then checked from what the processes recorded (tests/helpers/chaos_checks.py): no two
+Every promise is then checked from what the processes recorded (relay_testkit/chaos_checks.py): no two
 trainers of a run ever alive at once, epochs strictly increasing, every resume from a checkpoint that
 was completely written and verified, graceful preemptions lose nothing, a hard kill loses at most one
 checkpoint interval on the same volume and never more than what was not yet durable, and every run
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers.chaos_checks import check_artifacts
-from tests.helpers.chaos_cluster import ChaosCluster, ChaosDriver, ChaosSettings
+from relay_testkit.chaos_checks import check_artifacts
+from relay_testkit.chaos_cluster import ChaosCluster, ChaosDriver, ChaosSettings
 
 
 def test_contending_workers_killed_at_random_moments_keep_every_promise(tmp_path: Path) -> None:

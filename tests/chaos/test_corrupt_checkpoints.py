@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from relay.ckpt.layout import COMMITTED_RE, RunLayout, committed_step_dirs
 from relay.ckpt.verify import verify_checkpoint
-from tests.helpers.chaos_cluster import ChaosCluster, ChaosSettings, WorkerHandle, read_jsonl
+from relay_testkit.chaos_cluster import ChaosCluster, ChaosSettings, WorkerHandle, read_jsonl
+from relay_testkit.wait import wait_for
 
 TRAIN = {"max_steps": 60, "save_steps": 5, "step_seconds": 0.06, "checkpoint_bytes": 4096}
-
-
-def wait_for(cond: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def events(w: WorkerHandle, run_id: str) -> list[dict]:

@@ -23,7 +23,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from relay.ids import ID_PATTERN, id_problem
-from tests.helpers.commander_proc import CommanderProcess
+from relay_testkit.commander_proc import CommanderProcess
 
 SECRET = "hostile-s3cret"
 KEEPER = "keeper-run-7f3a"

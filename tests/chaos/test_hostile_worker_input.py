@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.commander_proc import REPO_ROOT, CommanderProcess
+from relay_testkit.commander_proc import REPO_ROOT, CommanderProcess
 
 SECRET = "worker-s3cret"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,11 @@ from relay.ckpt.verify import latest_committed
 from relay.client import CommanderClient, Fenced
 from relay.remote import RemoteFencedError, open_remote
 from relay.schema import ReleaseRequest, RenewRequest, ReportRequest
-from tests.helpers.chaos_checks import check_artifacts
-from tests.helpers.chaos_cluster import ChaosCluster, ChaosSettings, pid_alive, read_jsonl
+from relay_testkit.chaos_checks import check_artifacts
+from relay_testkit.chaos_cluster import ChaosCluster, ChaosSettings, pid_alive, read_jsonl
+from relay_testkit.wait import wait_for
 
 RUN = "run-000"
-
-
-def wait_for(cond: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def first(events: list[dict], name: str, **match: object) -> dict | None:

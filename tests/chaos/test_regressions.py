@@ -15,7 +15,7 @@ from relay.worker.events import EventLog
 from relay.worker.launcher import TrainerLog
 from relay.worker.lease_keeper import Fence
 from relay.worker.reporter import Reporter
-from tests.helpers.chaos_cluster import ChaosCluster, ChaosSettings, read_jsonl
+from relay_testkit.chaos_cluster import ChaosCluster, ChaosSettings, read_jsonl
 from trainer_blackbox.checkpoint import write_complete
 
 

@@ -16,8 +16,8 @@ def _concrete(path: str) -> str:
 
 
 @pytest.fixture
-async def secured(make_client):
-    return await make_client(secret=SECRET)
+async def secured(make_commander):
+    return await make_commander(secret=SECRET)
 
 
 @pytest.mark.parametrize(

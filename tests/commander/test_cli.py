@@ -13,8 +13,8 @@ import pytest
 from relay.cli import main
 from relay.client import CommanderClient
 from relay.schema import AcquireRequest, ReleaseRequest, ReportRequest
+from relay_testkit.commander_proc import REPO_ROOT, CommanderProcess
 from tests.commander.calls import SECRET, closed_port
-from tests.helpers.commander_proc import REPO_ROOT, CommanderProcess
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,9 @@ from tests.commander.calls import SECRET, closed_port
 
 
 @pytest.fixture
-async def api(make_client):
+async def api(make_commander):
     """A CommanderClient talking to the app over real HTTP (with a secret)."""
-    server = await make_client(secret=SECRET)
+    server = await make_commander(secret=SECRET)
     async with CommanderClient(str(server.make_url("")), SECRET, timeout_s=5) as c:
         yield c
 
@@ -106,8 +106,8 @@ async def test_not_found_no_waiting_run_and_bad_requests(api):
     assert (bad.value.status, bad.value.field) == (400, "run_id")
 
 
-async def test_wrong_secret_is_unauthorized(make_client):
-    server = await make_client(secret=SECRET)
+async def test_wrong_secret_is_unauthorized(make_commander):
+    server = await make_commander(secret=SECRET)
     async with CommanderClient(str(server.make_url("")), "wrong") as c:
         assert (await c.health()).ok  # health needs no secret
         with pytest.raises(Unauthorized) as exc:

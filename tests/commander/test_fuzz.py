@@ -9,8 +9,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from relay.commander.app import build_openapi
+from relay_testkit.commander_proc import CommanderProcess
 from tests.commander.calls import SECRET
-from tests.helpers.commander_proc import CommanderProcess
 
 # 413 is a rejection too (the generator happily builds multi-megabyte bodies from the array limits).
 CONFIG = schemathesis.Config.from_dict(

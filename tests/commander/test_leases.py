@@ -50,9 +50,9 @@ async def test_renew_extends_the_lease(client):
     assert after["last_renew_age_s"] is not None and after["last_renew_age_s"] < 5
 
 
-async def test_renewing_keeps_a_lease_alive_well_past_its_ttl(make_client):
+async def test_renewing_keeps_a_lease_alive_well_past_its_ttl(make_commander):
     ttl = 0.4
-    client = await make_client(lease_ttl_s=ttl)
+    client = await make_commander(lease_ttl_s=ttl)
     _, grant = await acquire(client)
     started = time.monotonic()
     while time.monotonic() - started < 3 * ttl:
@@ -64,8 +64,8 @@ async def test_renewing_keeps_a_lease_alive_well_past_its_ttl(make_client):
     assert ttl / 2 < denied["retry_after_s"] <= ttl
 
 
-async def test_expiry_then_regrant_with_higher_epoch(make_client):
-    client = await make_client(lease_ttl_s=0.3)
+async def test_expiry_then_regrant_with_higher_epoch(make_commander):
+    client = await make_commander(lease_ttl_s=0.3)
     _, first = await acquire(client, "r1", "w1")
     status, _ = await report(client, first, step=7)
     assert status == 200
@@ -92,8 +92,8 @@ async def test_expiry_then_regrant_with_higher_epoch(make_client):
     assert names == ["acquired", "lease_expired", "acquired"]
 
 
-async def test_expired_lease_is_dead_even_if_nobody_took_the_run(make_client):
-    client = await make_client(lease_ttl_s=0.2)
+async def test_expired_lease_is_dead_even_if_nobody_took_the_run(make_commander):
+    client = await make_commander(lease_ttl_s=0.2)
     _, grant = await acquire(client)
 
     async def expired():
@@ -106,8 +106,8 @@ async def test_expired_lease_is_dead_even_if_nobody_took_the_run(make_client):
     assert detail["status"] == "preempted" and "expired" in detail["detail"]
 
 
-async def test_sweeper_marks_expired_runs_preempted_without_any_request(make_client):
-    client = await make_client(lease_ttl_s=0.2, sweep_interval_s=0.05)
+async def test_sweeper_marks_expired_runs_preempted_without_any_request(make_commander):
+    client = await make_commander(lease_ttl_s=0.2, sweep_interval_s=0.05)
     await acquire(client)
 
     async def preempted():
@@ -225,13 +225,13 @@ async def test_a_retried_release_with_another_outcome_is_409_naming_the_recorded
     assert await release(client, grant, first) == (200, {"ok": True, "status": recorded})  # same: still 200
 
 
-async def test_a_retried_release_survives_a_commander_restart(make_client, tmp_path):
+async def test_a_retried_release_survives_a_commander_restart(make_commander, tmp_path):
     state = tmp_path / "restart.db"
-    client = await make_client(state=state)
+    client = await make_commander(state=state)
     _, grant = await acquire(client)
     assert (await release(client, grant, "completed"))[0] == 200
     await client.close()
-    client = await make_client(state=state)
+    client = await make_commander(state=state)
     assert (await release(client, grant, "completed"))[0] == 200
     assert (await release(client, grant, "cancelled"))[0] == 409
 
@@ -274,8 +274,8 @@ async def test_acquire_without_run_id_hands_out_the_oldest_waiting_run_of_the_mo
     assert (await acquire(client, None, "p5"))[0] == 404
 
 
-async def test_acquire_without_run_id_picks_up_a_run_whose_holder_vanished(make_client):
-    client = await make_client(lease_ttl_s=0.2)
+async def test_acquire_without_run_id_picks_up_a_run_whose_holder_vanished(make_commander):
+    client = await make_commander(lease_ttl_s=0.2)
     await acquire(client, "orphan", "dead-pod")
 
     async def picked():
@@ -406,14 +406,14 @@ async def test_list_runs_and_detail_fields(client):
         assert resp.status == 400 and (await resp.json())["field"] == bad.split("=")[0]
 
 
-async def test_state_survives_an_app_restart_in_process(make_client, tmp_path):
+async def test_state_survives_an_app_restart_in_process(make_commander, tmp_path):
     state = tmp_path / "restart.db"
-    first = await make_client(state=state)
+    first = await make_commander(state=state)
     _, grant = await acquire(first, "r1", "w1")
     await report(first, grant, step=5, event="trainer_started")
     await first.close()  # runs the app's cleanup: closes the store and its lock
 
-    second = await make_client(state=state)
+    second = await make_commander(state=state)
     assert (await renew(second, grant))[0] == 200  # same lease, still current
     status, denied = await acquire(second, "r1", "w2")
     assert status == 409 and denied["holder"] == "w1"
@@ -421,8 +421,8 @@ async def test_state_survives_an_app_restart_in_process(make_client, tmp_path):
     assert detail["step"] == 5 and [e["name"] for e in detail["events"]] == ["acquired", "trainer_started"]
 
 
-async def test_expired_lease_cannot_report_or_release_either(make_client):
-    client = await make_client(lease_ttl_s=0.2)
+async def test_expired_lease_cannot_report_or_release_either(make_commander):
+    client = await make_commander(lease_ttl_s=0.2)
     _, grant = await acquire(client)
     await report(client, grant, step=3)
 

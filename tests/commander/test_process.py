@@ -14,8 +14,8 @@ import pytest
 from relay.client import CommanderClient, CommanderUnreachable, LeaseHeld
 from relay.commander.serve import is_loopback
 from relay.schema import AcquireRequest, ReleaseRequest, RenewRequest, ReportRequest, RunStatus
+from relay_testkit.commander_proc import REPO_ROOT, CommanderProcess, CommanderStartError
 from tests.commander.calls import SECRET
-from tests.helpers.commander_proc import REPO_ROOT, CommanderProcess, CommanderStartError
 
 
 async def held_retry_after(c: CommanderClient, run_id: str) -> float:

@@ -128,13 +128,13 @@ class FailingCommits:
         return getattr(self.conn, name)
 
 
-async def test_concurrent_grants_share_commits_and_are_on_disk_when_answered(make_client, tmp_path):
+async def test_concurrent_grants_share_commits_and_are_on_disk_when_answered(make_commander, tmp_path):
     import asyncio
 
     from tests.commander.calls import acquire, leases_of
 
     state = tmp_path / "group.db"
-    client = await make_client(state=state)
+    client = await make_commander(state=state)
     store = leases_of(client).store
     before = store.batches
     reader = sqlite3.connect(state)
@@ -151,10 +151,10 @@ async def test_concurrent_grants_share_commits_and_are_on_disk_when_answered(mak
     reader.close()
 
 
-async def test_a_failed_commit_answers_503_and_rolls_memory_back(make_client):
+async def test_a_failed_commit_answers_503_and_rolls_memory_back(make_commander):
     from tests.commander.calls import acquire, get_run, leases_of, release, renew
 
-    client = await make_client()
+    client = await make_commander()
     leases = leases_of(client)
     _, held = await acquire(client, "kept", "w1")
     proxy = FailingCommits(leases.store._conn)

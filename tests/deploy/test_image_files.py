@@ -87,29 +87,26 @@ def _in_image(rel: str) -> bool:
     return kept
 
 
-def test_the_image_keeps_the_test_helpers_bench_imports() -> None:
+def test_the_image_keeps_the_harness_bench_imports() -> None:
     imported = set()
-    queue = sorted((REPO / "bench").glob("*.py"))
-    seen: set[Path] = set()
-    while queue:
-        path = queue.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for module in re.findall(r"^\s*(?:from|import) (tests(?:\.\w+)+)", path.read_text(), re.M):
-            rel = module.replace(".", "/") + ".py"
-            imported.add(rel)
-            queue.append(REPO / rel)
-    assert {"tests/helpers/commander_proc.py", "tests/worker/workerproc.py"} <= imported
-    for rel in sorted(
-        imported | {"tests/__init__.py", "tests/helpers/__init__.py", "tests/worker/__init__.py"}
-    ):
+    for path in sorted((REPO / "bench").glob("*.py")):
+        assert not re.findall(r"^\s*(?:from|import) tests\b", path.read_text(), re.M), f"{path} imports tests"
+        imported |= set(re.findall(r"^\s*(?:from|import) (relay_testkit(?:\.\w+)+)", path.read_text(), re.M))
+    assert {"relay_testkit.commander_proc", "relay_testkit.workerproc"} <= imported
+    for module in sorted(imported | {"relay_testkit"}):
+        rel = module.replace(".", "/")
+        rel = rel + "/__init__.py" if (REPO / rel).is_dir() else rel + ".py"
         assert (REPO / rel).exists(), rel
         assert _in_image(rel), f"{rel} is imported by bench/ but .dockerignore leaves it out"
-    for rel in ("tests/worker/test_e2e.py", "tests/chaos/test_partition.py", "tests/conftest.py"):
+    for rel in (
+        "tests/worker/test_e2e.py",
+        "tests/chaos/test_partition.py",
+        "tests/conftest.py",
+        "tests/__init__.py",
+    ):
         assert not _in_image(rel), rel
     for rel in (
-        "tests/helpers/__pycache__/x.pyc",
+        "relay_testkit/__pycache__/x.pyc",
         "relay/__pycache__/x.pyc",
         ".venv/bin/python",
         ".git/HEAD",
@@ -125,8 +122,8 @@ def test_bench_helpers_import_without_pytest() -> None:
 
     code = (
         "import sys; sys.modules['pytest'] = None\n"  # any `import pytest` now raises ImportError
-        "import tests.helpers.commander_proc, tests.helpers.chaos_cluster, tests.helpers.hub_server\n"
-        "import tests.worker.workerproc\n"
+        "import relay_testkit.commander_proc, relay_testkit.chaos_cluster, relay_testkit.hub_server\n"
+        "import relay_testkit.workerproc\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from relay.commander.app import create_app
-from relay.commander.callbacks import CallbackSettings
-from tests.helpers.commander_proc import commander_factory  # noqa: F401  (a fixture)
+from relay_testkit.commander_proc import commander_factory  # noqa: F401  (a fixture)
+from tests.conftest import CommanderFactory
 from tests.jobs.calls import FAST
 from tests.jobs.receiver import Receiver
 
-CommanderFactory = Callable[..., Awaitable[TestClient]]
-
 
 @pytest.fixture
-def make_commander(aiohttp_client: Any, tmp_path: Path) -> CommanderFactory:
-    """``await make_commander(callbacks=FAST, secret=None, lease_ttl_s=60, state=...)``: app over real HTTP."""
+def make_commander(make_commander: CommanderFactory) -> CommanderFactory:
+    """The suite's factory (tests/conftest.py), with fast callback retries unless a test asks otherwise."""
 
-    async def make(
-        *,
-        callbacks: CallbackSettings = FAST,
-        secret: str | None = None,
-        lease_ttl_s: float = 60.0,
-        state: Path | None = None,
-    ) -> TestClient:
-        app = create_app(
-            state or tmp_path / "state.db",
-            secret=secret,
-            lease_ttl_s=lease_ttl_s,
-            callback_settings=callbacks,
-        )
-        return await aiohttp_client(app)
+    def make(**options: Any) -> Awaitable[TestClient]:
+        options.setdefault("callbacks", FAST)
+        return make_commander(**options)
 
     return make
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.helpers.threaded_app import ThreadedApp
+from relay_testkit.threaded_app import ThreadedApp
+from relay_testkit.wait import wait_for
 
 
 @dataclass
@@ -87,39 +88,5 @@ class Receiver:
         return [r.body["event"] for r in self.received if run_id is None or r.body["run_id"] == run_id]
 
     def wait_for(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Poll ``cond`` (from a sync test); AssertionError with what arrived when it stays false."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return
-            time.sleep(0.02)
-        if not cond():
-            raise AssertionError(f"condition not met in {timeout}s; received {self.events()}")
-
-
-async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` from an async test without blocking the loop (the commander runs on it)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    value = cond()
-    assert value, f"{what} not met within {timeout}s"
-    return value
-
-
-async def until_async(
-    cond: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Like :func:`until` for a condition that must await (an API call)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = await cond()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    value = await cond()
-    assert value, f"{what} not met within {timeout}s"
-    return value
+        """Poll ``cond`` (from a sync test); the failure lists what arrived."""
+        wait_for(cond, timeout, "the callbacks", detail=lambda: f"received {self.events()}")

@@ -11,9 +11,10 @@ import time
 import pytest
 
 from relay.commander.callbacks import CallbackSettings, auth_header_pair
+from relay_testkit.wait import until
 from tests.commander.calls import acquire, closed_port, get_run, lease_body, release, report
 from tests.jobs.calls import FAST, spec, submit
-from tests.jobs.receiver import Receiver, until, until_async
+from tests.jobs.receiver import Receiver
 
 SECRET_HEADER = "Bearer cb-secret-7f3a9c"
 
@@ -128,7 +129,7 @@ async def test_connection_refused_then_the_receiver_comes_up(commander):
         detail = await callbacks_of(commander)
         return detail if detail["last_error"] else None
 
-    detail = await until_async(failed, what="a failed attempt")
+    detail = await until(failed, what="a failed attempt")
     assert "cannot connect" in detail["last_error"] and detail["last_status"] is None
     assert detail["pending"] == 1
     with Receiver(port=port) as late:
@@ -144,7 +145,7 @@ async def test_deliveries_are_dropped_after_max_attempts_and_the_next_one_goes(m
         detail = await callbacks_of(commander)
         return detail if detail["dropped"] else None
 
-    detail = await until_async(dropped, what="a dropped delivery")
+    detail = await until(dropped, what="a dropped delivery")
     assert detail["pending"] == 0 and receiver.attempts == 2 and detail["last_error"] == "HTTP 500"
     receiver.failing = False
     await acquire(commander, None)

@@ -14,8 +14,8 @@ import pytest
 from relay.cli import main
 from relay.client import CommanderClient
 from relay.schema import AcquireRequest, LogLine, ReleaseRequest, ReportRequest
+from relay_testkit.commander_proc import REPO_ROOT, CommanderProcess
 from tests.commander.calls import SECRET
-from tests.helpers.commander_proc import REPO_ROOT, CommanderProcess
 
 SPEC_YAML = """\
 run_id: cli-1

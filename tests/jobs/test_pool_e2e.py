@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.commander_proc import REPO_ROOT
+from relay_testkit.commander_proc import REPO_ROOT
+from relay_testkit.workerproc import WorkerProc, step_counts
 from tests.jobs.receiver import Receiver
-from tests.worker.workerproc import WorkerProc, step_counts
 
 
 def call(url: str, method: str, path: str, body: dict | None = None) -> Any:

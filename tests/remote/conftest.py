@@ -12,7 +12,7 @@ import pytest
 from relay.ckpt import CKPT_DIR_FMT
 from relay.remote import FilesystemRemote, Remote, open_remote
 from relay.remote.hub import HubRemote
-from tests.helpers.hub_server import HubServer
+from relay_testkit.hub_server import HubServer
 
 REPO = "relay-test/ckpts"
 

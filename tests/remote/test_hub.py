@@ -1,4 +1,4 @@
-"""Hub-specific behaviour, with the real huggingface_hub client against tests/helpers/hub_server.py."""
+"""Hub-specific behaviour, with the real huggingface_hub client against relay_testkit/hub_server.py."""
 
 import threading
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 from relay.ckpt import RunLayout
 from relay.remote import RemoteError, RemoteFencedError, Syncer, open_remote
 from relay.remote.hub import LFS_RULE, HubRemote
+from relay_testkit.hub_server import HubServer
 from tests.ckpt.util import default_files, make_committed
-from tests.helpers.hub_server import HubServer
 from tests.remote.conftest import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

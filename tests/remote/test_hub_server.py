@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RevisionNotFoundError
 
-from tests.helpers.hub_server import HubServer
+from relay_testkit.hub_server import HubServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -96,7 +96,7 @@ def test_standalone_process_prints_its_url(tmp_path: Path) -> None:
     from tests.ckpt.util import REPO_ROOT
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.hub_server", "--data-dir", str(tmp_path / "d")],
+        [sys.executable, "-m", "relay_testkit.hub_server", "--data-dir", str(tmp_path / "d")],
         cwd=str(REPO_ROOT),
         stdout=subprocess.PIPE,
         text=True,

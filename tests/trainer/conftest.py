@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.tiny_model import arithmetic_rl_rows, build_tiny_model, chat_rows, write_jsonl
+from relay_testkit.tiny_model import arithmetic_rl_rows, build_tiny_model, chat_rows, write_jsonl
+from relay_testkit.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHERS = REPO / "trainer_blackbox"
@@ -85,26 +84,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def wait_until(
-    cond: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
-) -> Any:
-    """Poll ``cond`` until truthy; fail with ``what`` on timeout or when ``proc`` exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            value = cond()
-            if value:
-                return value
-            pytest.fail(f"process exited with {proc.returncode} before: {what}")
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout}s waiting for: {what}")
-
-
 def wait_step(progress: Path, step: int, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    wait_until(
+    wait_for(
         lambda: any(x["step"] >= step for x in read_lines(progress)), timeout, f"progress step {step}", proc
     )
 

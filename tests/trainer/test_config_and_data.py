@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tiny_model import build_tokenizer, write_jsonl
+from relay_testkit.tiny_model import build_tokenizer, write_jsonl
 from trainer_blackbox.data import (
     IGNORE_INDEX,
     DatasetError,

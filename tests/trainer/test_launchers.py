@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import LAUNCHERS, REPO, launch, stop_group, trainer_env, wait_until
+from relay_testkit.wait import wait_for
+from tests.trainer.conftest import LAUNCHERS, REPO, launch, stop_group, trainer_env
 
 FAKE_TRAINER = r"""
 import json, os, signal, sys, time
@@ -52,7 +53,7 @@ def test_custom_command_is_execed_with_env_and_gets_signals(tmp_path: Path, mode
     env[var] = f"{sys.executable} {script} {record} --flag 'two words'"
     proc = launch(mode, env, tmp_path / "out.log")
     try:
-        data = wait_until(
+        data = wait_for(
             lambda: record.exists() and json.loads(record.read_text()), 20, "fake trainer started", proc
         )
         assert data["pid"] == proc.pid  # exec all the way down: the launcher *is* the trainer

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import REPO, launch, read_lines, stop_group, trainer_env, wait_step, wait_until
+from relay_testkit.wait import wait_for
+from tests.trainer.conftest import REPO, launch, read_lines, stop_group, trainer_env, wait_step
 from trainer_blackbox.checkpoint import read_complete_step
 from trainer_blackbox.mock_trainer import MOCK_KEYS, MockConfigError, loss_at, parse_mock_config
 from trainer_blackbox.train_config import MockTrainConfig, TrainConfigError, validate_train_block
@@ -116,7 +117,7 @@ def test_sigterm_after_a_save_does_not_save_twice(tmp_path: Path) -> None:
     env = mock_env(tmp_path, {"max_steps": 10000, "save_steps": 1, "step_seconds": 0.2})
     proc = launch("sft", env)
     try:
-        wait_until(
+        wait_for(
             lambda: staged(tmp_path).get(2) and (staged(tmp_path)[2] / "COMPLETE").exists(),
             20,
             "step 2",
@@ -152,14 +153,14 @@ def test_hang_stops_progress_and_ignores_sigterm(tmp_path: Path) -> None:
     env = mock_env(tmp_path, {"max_steps": 100, "step_seconds": 0.01, "hang_at_step": 3})
     proc = launch("sft", env)
     try:
-        wait_until(
+        wait_for(
             lambda: any(x["event"] == "hang" for x in read_lines(tmp_path / "mock_steps.jsonl")),
             20,
             "hang",
             proc,
         )
         proc.send_signal(signal.SIGTERM)
-        wait_until(
+        wait_for(
             lambda: any(x["event"] == "sigterm_ignored" for x in read_lines(tmp_path / "mock_steps.jsonl")),
             10,
             "SIGTERM logged",
@@ -176,7 +177,7 @@ def test_hang_once_then_train_through(tmp_path: Path) -> None:
     train = {"max_steps": 4, "step_seconds": 0, "hang_at_step": 2, "hang_times": 1}
     proc = launch("sft", mock_env(tmp_path, train))
     try:
-        wait_until(
+        wait_for(
             lambda: any(x["event"] == "hang" for x in read_lines(tmp_path / "mock_steps.jsonl")), 20, "hang"
         )
     finally:
@@ -190,7 +191,7 @@ def test_slow_checkpoint_writes_complete_last(tmp_path: Path) -> None:
     proc = launch("sft", env)
     try:
         ckpt = tmp_path / "staging" / "step_00000002"
-        wait_until(lambda: (ckpt / "weights.bin").exists(), 20, "weights written", proc)
+        wait_for(lambda: (ckpt / "weights.bin").exists(), 20, "weights written", proc)
         assert not (ckpt / "COMPLETE").exists()
         assert proc.wait(timeout=10) == 0
         assert read_complete_step(ckpt) == 2

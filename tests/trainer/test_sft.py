@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers.tiny_model import prompt_completion_rows, write_jsonl
+from relay_testkit.tiny_model import prompt_completion_rows, write_jsonl
 from tests.trainer.conftest import LAUNCHERS, assert_same_steps, relay_resume_experiment, trainer_env
 
 STEPS = 8

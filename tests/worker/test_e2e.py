@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.worker.workerproc import WorkerProc, step_counts
+from relay_testkit.wait import wait_for
+from relay_testkit.workerproc import WorkerProc, step_counts
 
 TTL = 3.0
 
@@ -66,15 +67,6 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_for(cond: Any, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 def test_hang_is_detected_and_the_trainer_restarted(tmp_path: Path, commander_factory: Any) -> None:
@@ -288,7 +280,7 @@ def test_sigterm_hands_the_run_to_a_fresh_pod_through_the_remote(
     env: dict[str, str] = {}
     hub = None
     if kind == "hub":
-        from tests.helpers.hub_server import HubServer
+        from relay_testkit.hub_server import HubServer
 
         hub = HubServer(tmp_path / "hub", token="hf_test_token").start()
         env = hub.env()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from relay.worker.launcher import RotatingLog, TrainerLog, TrainerProcess
+from relay_testkit.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,15 +30,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 async def test_group_kill_reaches_grandchildren_and_logs_are_captured(tmp_path: Path) -> None:
     tlog = TrainerLog(tmp_path / "logs", max_bytes=1 << 20, backups=2)
     script = "echo out-line; echo err-line >&2; sleep 60 & echo child=$!; wait"
@@ -53,7 +45,7 @@ async def test_group_kill_reaches_grandchildren_and_logs_are_captured(tmp_path: 
     trainer.kill_now(0.5)
     rc = await asyncio.wait_for(trainer.wait(), 5)
     assert rc != 0
-    assert wait_until(lambda: not alive(child), 5), "grandchild survived the group kill"
+    assert wait_for(lambda: not alive(child), 5), "grandchild survived the group kill"
     assert "out-line" in tlog.tail() and "err-line" in tlog.tail()
     assert {e.stream for e in tlog.since(0)} >= {"stdout", "stderr"}
     text = (tmp_path / "logs" / "trainer.log").read_text()
@@ -112,7 +104,7 @@ def test_worker_kill_9_kills_trainer_and_its_children(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)], env=env)
     try:
-        assert wait_until(
+        assert wait_for(
             lambda: (tmp_path / "trainer.pid").exists() and (tmp_path / "grandchild.pid").exists()
         )
         time.sleep(0.05)
@@ -121,8 +113,8 @@ def test_worker_kill_9_kills_trainer_and_its_children(tmp_path: Path) -> None:
         assert alive(trainer_pid) and alive(grandchild)
         worker.kill()
         worker.wait(5)
-        assert wait_until(lambda: not alive(trainer_pid), 5), "trainer outlived its worker"
-        assert wait_until(lambda: not alive(grandchild), 5), "trainer's child outlived the worker"
+        assert wait_for(lambda: not alive(trainer_pid), 5), "trainer outlived its worker"
+        assert wait_for(lambda: not alive(grandchild), 5), "trainer's child outlived the worker"
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.worker.state_file import StateFile
-from tests.worker.workerproc import WorkerProc
+from relay_testkit.workerproc import WorkerProc
 
 TTL = 3.0
 FIELDS = {

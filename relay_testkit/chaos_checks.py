@@ -662,7 +662,7 @@ def _completion(
 
 
 def check_artifacts(art: Any) -> ChaosReport:
-    """:func:`check` over a :class:`tests.helpers.chaos_cluster.ChaosArtifacts`."""
+    """:func:`check` over a :class:`relay_testkit.chaos_cluster.ChaosArtifacts`."""
     deaths = {(t.pid, t.start_ts): t.death_ts for t in art.trainers}
     rep = check(
         mock_records=art.mock_records(),

@@ -2,7 +2,7 @@
 
 Typical use::
 
-    from tests.helpers.commander_proc import CommanderProcess
+    from relay_testkit.commander_proc import CommanderProcess
 
     with CommanderProcess(tmp_path / "state.db", lease_ttl_s=2.0, secret="s3cret") as cmd:
         cmd.url            # http://127.0.0.1:<port>, free port picked by the commander itself
@@ -41,7 +41,7 @@ try:  # the Docker image has no test extras; bench/ uses CommanderProcess, not t
 except ImportError:  # pragma: no cover - exercised by tests/deploy/test_image_files.py
     pytest = None  # type: ignore[assignment]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(rb"listening on http://\S+?:(\d+)")
 
 

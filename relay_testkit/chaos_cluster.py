@@ -2,7 +2,7 @@
 a shared filesystem remote, and a seeded driver that kills, restarts and partitions them.
 
 Used by ``tests/chaos`` (short, bounded runs) and ``bench/chaos_soak.py`` (minutes).  Everything the
-checks in :mod:`tests.helpers.chaos_checks` need is recorded on disk or in :class:`ChaosArtifacts`:
+checks in :mod:`relay_testkit.chaos_checks` need is recorded on disk or in :class:`ChaosArtifacts`:
 
 - each worker's volume (``vol-N/runs/<run>/events.jsonl``: the worker's own events),
 - each worker's mock-trainer log (``mock/<worker>.jsonl``, RELAY_MOCK_LOG: every start, step and save
@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.commander_proc import CommanderProcess
-from tests.helpers.tcp_proxy import TcpProxy
+from relay_testkit.commander_proc import CommanderProcess
+from relay_testkit.tcp_proxy import TcpProxy
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MOMENTS = ("random", "mid_save", "after_save", "after_commit")
 
 

@@ -26,7 +26,7 @@ Fixture API::
 Route names: whoami, create, info, preupload, lfs_batch, lfs_upload, lfs_verify, commit, tree,
 paths_info, refs, commits, resolve. Faults match a route name or "*".
 
-Run standalone (for demo/chaos scripts): ``python -m tests.helpers.hub_server --data-dir D
+Run standalone (for demo/chaos scripts): ``python -m relay_testkit.hub_server --data-dir D
 [--port 0] [--token T]``; prints the URL on stdout. Admin endpoints: GET /__admin/stats,
 POST /__admin/faults {route, status, times, retry_after, disconnect}, POST /__admin/reset.
 """
@@ -54,7 +54,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.helpers.threaded_app import ThreadedApp
+from relay_testkit.threaded_app import ThreadedApp
 
 LFS_THRESHOLD = 10 * 1024 * 1024
 DEFAULT_GITATTRIBUTES = "".join(
