@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from relay_testkit.tiny_model import arithmetic_rl_rows, build_tiny_model, chat_rows, write_jsonl
+from relay_testkit.trainer_env import pause_at_step_env
 from relay_testkit.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ def relay_resume_experiment(
     a = launch(mode, trainer_env(a_dir, train, RELAY_MODE=mode), a_dir / "trainer.log")
     b = launch(
         mode,
-        trainer_env(b_dir, train, RELAY_MODE=mode, RELAY_TEST_PAUSE_AT_STEP=str(stop_at)),
+        pause_at_step_env(trainer_env(b_dir, train, RELAY_MODE=mode), stop_at),
         b_dir / "trainer.log",
     )
     try:
