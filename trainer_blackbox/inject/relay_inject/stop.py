@@ -3,8 +3,10 @@
 The handler only sets a flag; the Trainer instrumentation acts on it at the end of the step in flight.
 Before training begins there is nothing new to save (the last completed step is the checkpoint the run
 resumed from, already committed), so a SIGTERM during imports, data preparation or model loading exits 0
-at once.  The worker signals the whole process group, and torchrun forwards the signal again, so the
-handler is idempotent.
+at once -- unless the process has started children: then it is a launcher (``trl sft`` runs the script
+under ``accelerate launch``, LLaMA-Factory under torchrun on several GPUs) whose child got the same
+SIGTERM, so it keeps waiting for them and exits as they do.  The worker signals the whole process group,
+and torchrun forwards the signal again, so the handler is idempotent.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import sys
 from typing import NoReturn
 
-__all__ = ["StopSignal", "exit_process"]
+__all__ = ["StopSignal", "exit_process", "has_children"]
 
 
 def exit_process(code: int) -> NoReturn:
@@ -45,6 +47,19 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def has_children() -> bool:
+    """Whether this process has child processes (Linux /proc; False where it cannot tell)."""
+    pid = os.getpid()
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                if fh.read().strip():
+                    return True
+    except OSError:
+        return False
+    return False
+
+
 class StopSignal:
     """SIGTERM -> ``requested``; before ``training`` is set, exit 0 immediately."""
 
@@ -64,6 +79,9 @@ class StopSignal:
             return  # the worker signals the whole group; torchrun forwards it again
         self.requested = True
         if not self.training:
+            if has_children():
+                print(f"{self.prog}: SIGTERM: waiting for the processes this launcher started", flush=True)
+                return
             print(f"{self.prog}: SIGTERM before the first step: nothing new to save, exit 0", flush=True)
             exit_process(0)
         print(f"{self.prog}: SIGTERM: saving at the end of the current step, then exit 0", flush=True)
