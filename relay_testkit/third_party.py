@@ -85,9 +85,10 @@ def start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subproce
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(raw) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()]
+    """Progress lines of trained steps (heartbeats left out)."""
+    from trainer_blackbox.progress import read_progress
+
+    return read_progress(path)
 
 
 def tail(path: Path, n: int = 4000) -> str:

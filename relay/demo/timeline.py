@@ -233,6 +233,8 @@ class PodWatcher:
 
     def _on_progress(self, rec: dict[str, Any]) -> str | None:
         step = rec.get("step")
+        if rec.get("heartbeat") is True:  # alive, not a trained step (relay_inject.heartbeat)
+            return None
         if not isinstance(step, int) or isinstance(step, bool):
             return None
         loss = rec.get("loss")

@@ -37,6 +37,7 @@ EVENT_NAMES = (
     "completed",
     "failed",
     "cancelled",
+    "final_published",
 )
 
 

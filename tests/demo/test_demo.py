@@ -30,7 +30,9 @@ def relayctl(*args: str) -> list[str]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Records of a JSONL file; progress heartbeats (alive, no new step) are left out."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if r.get("heartbeat") is not True]
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -76,12 +76,16 @@ def launch(mode: str, env: dict[str, str], log: Path | None = None) -> subproces
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The progress lines of trained steps (heartbeat lines, written while a trainer starts, saves or
+    exports, are left out: relay_inject.heartbeat)."""
     if not path.exists():
         return []
     out = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         if raw.strip():
-            out.append(json.loads(raw))
+            line = json.loads(raw)
+            if line.get("heartbeat") is not True:
+                out.append(line)
     return out
 
 

@@ -19,7 +19,9 @@ import os
 from collections.abc import Callable
 
 from relay_inject.env import EnvError, RelayEnv
+from relay_inject.heartbeat import Heartbeat, resumed_step
 from relay_inject.hooks import when_imported
+from relay_inject.progress import ProgressWriter
 from relay_inject.stop import StopSignal
 
 __all__ = ["EnvError", "Runtime", "activate", "add_step_hook", "enabled", "runtime", "stop_requested"]
@@ -29,13 +31,17 @@ OFF_VALUES = {"0", "off", "false", "no"}
 
 
 class Runtime:
-    """The one per-process state every instrumented Trainer shares: the environment and the stop flag."""
+    """The one per-process state every instrumented Trainer shares: the environment, the stop flag, the
+    progress writer (rank 0) and the heartbeat."""
 
     def __init__(self, env: RelayEnv, prog: str) -> None:
         self.env = env
         self.prog = prog
         self.stop = StopSignal(prog)
         self.step_hooks: list[Callable[[int], None]] = []
+        rank0 = os.environ.get("RANK", "0") == "0"
+        self.progress = ProgressWriter(env.progress_file if rank0 else None, env.epoch)
+        self.heartbeat = Heartbeat(self.progress, resumed_step(env.resume_from))
 
 
 _RUNTIME: Runtime | None = None
@@ -67,6 +73,7 @@ def activate(prog: str = PROG) -> Runtime:
 
     if threading.current_thread() is threading.main_thread():
         rt.stop.install()
+    rt.heartbeat.start()
     when_imported("transformers.trainer", _patch_transformers)
     for name in filter(None, (p.strip() for p in os.environ.get("RELAY_INJECT_PLUGINS", "").split(","))):
         importlib.import_module(name)

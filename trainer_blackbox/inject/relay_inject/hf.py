@@ -32,7 +32,7 @@ from typing import Any
 from transformers.trainer_callback import TrainerCallback
 
 from relay_inject.checkpoint import step_dir, write_complete
-from relay_inject.progress import ProgressWriter
+from relay_inject.heartbeat import EXPORTING, SAVING, TRAINING
 from relay_inject.stop import exit_process
 
 __all__ = ["PARTIAL_DIRNAME", "RelayCallback", "patch_trainer_class"]
@@ -73,7 +73,7 @@ class RelayCallback(TrainerCallback):
 
     def __init__(self, rt: Any) -> None:
         self.rt = rt
-        self.progress = ProgressWriter(rt.env.progress_file if _world_zero() else None, rt.env.epoch)
+        self.progress = rt.progress
         self.last_saved: int | None = None
         self.pending: int | None = None  # a finished step whose line waits for its on_log
         self._t_prev = time.time()
@@ -105,6 +105,7 @@ class RelayCallback(TrainerCallback):
 
     def _finish_step(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None) -> None:
         step, self.pending = state.global_step, None
+        self.rt.heartbeat.step = step
         self._write_line(state, logs)
         for hook in self.rt.step_hooks:
             hook(step)
@@ -127,6 +128,7 @@ class RelayCallback(TrainerCallback):
     # --- TrainerCallback -----------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self.rt.stop.training = True
+        self.rt.heartbeat.set(TRAINING, state.global_step)
         self._t_prev = time.time()
         self._tokens_prev = self._tokens(state, None)
         if state.global_step > 0:
@@ -207,6 +209,7 @@ class _Instrumented:
         @functools.wraps(orig)
         def _save_checkpoint(*a: Any, **kw: Any) -> Any:
             self._redirect()  # restored once on_save has published the checkpoint
+            self.rt.heartbeat.set(SAVING)  # a large model's save is minutes of silence
             try:
                 return orig(*a, **kw)
             except BaseException:
@@ -223,6 +226,7 @@ class _Instrumented:
                 self.publish(state.global_step)
             finally:
                 self._restore()
+                self.rt.heartbeat.set(TRAINING)
             if self.callback._stop_requested(args):  # SIGTERM during a scheduled save: that save was it
                 control.should_training_stop = True
             return control
@@ -290,6 +294,7 @@ class _Instrumented:
                 )
             kw["resume_from_checkpoint"] = str(resume) if resume is not None else None
             result = orig(*a, **kw)
+            self.rt.heartbeat.set(EXPORTING, self.trainer.state.global_step)  # what the script does next
             if self.rt.stop.requested:
                 step = self.trainer.state.global_step
                 if _world_zero():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +37,7 @@ class ProgressWriter:
         self.path = path
         self.epoch = epoch
         self._fh: IO[str] | None = None
+        self._lock = threading.Lock()  # the heartbeat thread writes too
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the trainer
@@ -46,19 +48,22 @@ class ProgressWriter:
         for key, value in metrics.items():
             if value is not None and key not in line:
                 line[key] = _clean(value)
-        if self._fh is not None:
-            self._fh.write(json.dumps(line, allow_nan=False) + "\n")
-            self._fh.flush()
+        with self._lock:
+            if self._fh is not None:
+                self._fh.write(json.dumps(line, allow_nan=False) + "\n")
+                self._fh.flush()
         return line
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
-def read_progress(path: Path) -> list[dict[str, Any]]:
-    """Every parseable line of a progress file (tests and the bench read them back)."""
+def read_progress(path: Path, *, heartbeats: bool = False) -> list[dict[str, Any]]:
+    """Every parseable line of a progress file (tests and the bench read them back); heartbeat lines
+    (alive, no new step: relay_inject.heartbeat) only when asked for."""
     if not path.exists():
         return []
     out = []
@@ -67,6 +72,6 @@ def read_progress(path: Path) -> list[dict[str, Any]]:
             obj = json.loads(raw)
         except json.JSONDecodeError:
             continue
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and (heartbeats or obj.get("heartbeat") is not True):
             out.append(obj)
     return out

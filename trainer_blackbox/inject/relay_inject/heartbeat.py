@@ -1,0 +1,82 @@
+"""Heartbeat lines while an instrumented trainer is alive but not stepping (stdlib only).
+
+Between its start and its first optimizer step a trainer imports its libraries, reads and tokenizes data
+and loads the model: minutes of silence on a large model, and a relay worker that must tell a hung trainer
+from a slow one.  Saving a checkpoint of a large model, or the final export, is just as silent.  So while
+the trainer is in one of those phases a daemon thread appends ``{"step": S, "ts", "epoch", "heartbeat":
+true}`` to RELAY_PROGRESS_FILE every RELAY_HEARTBEAT_S seconds (default 2), S being the last step reached
+(the resumed one at start).  During training the per-step lines are the signal: a step that never ends (a
+rank stuck in a collective) writes nothing, and the worker's hang detection catches it.
+
+Only the process that trains speaks: a launcher waiting for its children (``accelerate launch``, torchrun
+run by a CLI) and multiprocessing children (data workers) stay silent, so neither can mask a stuck trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from relay_inject.progress import ProgressWriter
+from relay_inject.stop import has_children
+
+__all__ = ["Heartbeat", "resumed_step"]
+
+STARTING, TRAINING, SAVING, EXPORTING = "starting", "training", "saving", "exporting"
+
+
+def resumed_step(resume_from: Path | None) -> int:
+    """The step a resumed run starts from (``trainer_state.json``'s ``global_step``), else 0."""
+    if resume_from is None:
+        return 0
+    try:
+        state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+        step = state.get("global_step", 0)
+        return step if isinstance(step, int) and step >= 0 else 0
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _interval() -> float:
+    try:
+        value = float(os.environ.get("RELAY_HEARTBEAT_S", "2") or 2)
+    except ValueError:
+        return 2.0
+    return value if value > 0 else 2.0
+
+
+class Heartbeat:
+    """The phase of this process and the thread that reports it while it is not ``training``."""
+
+    def __init__(self, progress: ProgressWriter, step: int) -> None:
+        self.progress = progress
+        self.step = step
+        self.phase = STARTING
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None or self.progress.path is None:
+            return
+        self._thread = threading.Thread(target=self._run, name="relay-heartbeat", daemon=True)
+        self._thread.start()
+
+    def set(self, phase: str, step: int | None = None) -> None:
+        if step is not None:
+            self.step = step
+        self.phase = phase
+
+    def _run(self) -> None:
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            return  # a data worker or pool process: its parent is the trainer
+        period = _interval()
+        while not self._wake.wait(period):
+            if self.phase != TRAINING and not has_children():
+                self.progress.write(self.step, heartbeat=True)
+
+    def stop(self) -> None:
+        self._wake.set()
