@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +103,26 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """One third-party trainer as a user runs it: the same command in every working directory (its own
+    output directory is relative: ``user_out``), where its final weights land, what a checkpoint holds."""
+
+    name: str
+    command: list[str]
+    weights: str  # the final weights file, compared between runs
+    final_subdir: str = ""  # where the bare run's export lands inside user_out
+
+    def bare_final(self, cwd: Path) -> Path:
+        return cwd / "user_out" / self.final_subdir if self.final_subdir else cwd / "user_out"
+
+    def shell(self) -> str:
+        """The command as RELAY_TRAINER_CMD holds it."""
+        import shlex
+
+        return "exec " + shlex.join(self.command)
+
+
 @dataclass
 class Experiment:
     """What the three runs left behind."""
@@ -121,21 +140,14 @@ class Experiment:
         return self.root / "c" / "final"
 
 
-def relay_experiment(
-    root: Path,
-    command: Callable[[Path], list[str]],
-    *,
-    stop_at: int,
-    bare_final: Callable[[Path], Path],
-    timeout_s: float = 240.0,
-) -> Experiment:
-    """Run ``command(user_out_dir)`` bare (A) and relayed with SIGTERM after step ``stop_at`` (B) side by
-    side, then relayed again resumed from B's committed checkpoint (C).  Every run must exit 0."""
+def relay_experiment(root: Path, recipe: Recipe, *, stop_at: int, timeout_s: float = 240.0) -> Experiment:
+    """Run the recipe bare (A) and relayed with SIGTERM after step ``stop_at`` (B) side by side, then
+    relayed again resumed from B's committed checkpoint (C).  Every run must exit 0."""
     a_dir, b_dir, c_dir = root / "a", root / "b", root / "c"
     t0 = time.monotonic()
-    a = start(command(a_dir / "user_out"), base_env(), a_dir, root / "a.log")
+    a = start(recipe.command, base_env(), a_dir, root / "a.log")
     b_env = pause_at_step_env(relay_env(b_dir), stop_at)
-    b = start(command(b_dir / "user_out"), b_env, b_dir, root / "b.log")
+    b = start(recipe.command, b_env, b_dir, root / "b.log")
     try:
         wait_for(
             lambda: any(x["step"] >= stop_at for x in read_lines(b_dir / "progress.jsonl")),
@@ -158,16 +170,14 @@ def relay_experiment(
     shutil.move(staged, committed)
     (committed / "manifest.json").write_text("{}")
     t1 = time.monotonic()
-    c = start(
-        command(c_dir / "user_out"), relay_env(c_dir, epoch=2, resume_from=committed), c_dir, root / "c.log"
-    )
+    c = start(recipe.command, relay_env(c_dir, epoch=2, resume_from=committed), c_dir, root / "c.log")
     try:
         assert c.wait(timeout=timeout_s) == 0, tail(root / "c.log")
     finally:
         kill_group(c)
     return Experiment(
         root=root,
-        bare_final=bare_final(a_dir / "user_out"),
+        bare_final=recipe.bare_final(a_dir),
         committed=committed,
         b_lines=read_lines(b_dir / "progress.jsonl"),
         c_lines=read_lines(c_dir / "progress.jsonl"),

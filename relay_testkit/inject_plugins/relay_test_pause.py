@@ -24,9 +24,12 @@ TIMEOUT_S = float(os.environ.get("RELAY_TEST_PAUSE_TIMEOUT_S", "120") or 120)
 def _pause(step: int) -> None:
     if step != PAUSE_AT:
         return
+    beat = relay_inject.runtime().heartbeat
+    phase, beat.phase = beat.phase, "paused"  # alive while held here: no hang is reported for the wait
     deadline = time.monotonic() + TIMEOUT_S
     while not relay_inject.stop_requested() and time.monotonic() < deadline:
         time.sleep(0.01)
+    beat.phase = phase
 
 
 relay_inject.add_step_hook(_pause)

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from relay_testkit.tiny_model import arithmetic_rl_rows, build_tiny_model, chat_rows, write_jsonl
+from relay_testkit.commander_proc import commander_factory  # noqa: F401 - the e2e tests' fixture
+from relay_testkit.third_party import Recipe
+from relay_testkit.tiny_model import (
+    arithmetic_rl_rows,
+    build_tiny_model,
+    chat_rows,
+    prompt_completion_rows,
+    write_jsonl,
+)
 from relay_testkit.trainer_env import pause_at_step_env
 from relay_testkit.wait import wait_for
 
@@ -29,6 +37,35 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", chat_rows(24))
+
+
+@pytest.fixture(scope="session")
+def pc_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """prompt/completion rows, alone in their directory (TRL's CLI loads the directory as a data set)."""
+    return write_jsonl(tmp_path_factory.mktemp("pc") / "train.jsonl", prompt_completion_rows(32))
+
+
+# The third-party trainers (tests/trainer/third_party_recipes.py); a missing environment fails the tests
+# that need it with the command that builds it.
+@pytest.fixture(scope="session")
+def lf_recipe(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, pc_data: Path) -> Recipe:
+    from tests.trainer.third_party_recipes import llamafactory_recipe
+
+    return llamafactory_recipe(tmp_path_factory.mktemp("lf"), tiny_model, pc_data)
+
+
+@pytest.fixture(scope="session")
+def trl_recipe(tiny_model: Path, pc_data: Path) -> Recipe:
+    from tests.trainer.third_party_recipes import trl_recipe
+
+    return trl_recipe(tiny_model, pc_data)
+
+
+@pytest.fixture(scope="session")
+def user_recipe(tiny_model: Path, pc_data: Path) -> Recipe:
+    from tests.trainer.third_party_recipes import user_script_recipe
+
+    return user_script_recipe(tiny_model, pc_data)
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,9 @@ def activate(prog: str = PROG) -> Runtime:
     if threading.current_thread() is threading.main_thread():
         rt.stop.install()
     rt.heartbeat.start()
+    import atexit
+
+    atexit.register(rt.heartbeat.at_exit)
     when_imported("transformers.trainer", _patch_transformers)
     for name in filter(None, (p.strip() for p in os.environ.get("RELAY_INJECT_PLUGINS", "").split(","))):
         importlib.import_module(name)

@@ -10,6 +10,11 @@ rank stuck in a collective) writes nothing, and the worker's hang detection catc
 
 Only the process that trains speaks: a launcher waiting for its children (``accelerate launch``, torchrun
 run by a CLI) and multiprocessing children (data workers) stay silent, so neither can mask a stuck trainer.
+
+When a trainer that finished training exits, the interpreter's own teardown (garbage-collecting a model and
+its data sets) can take many seconds with no Python thread left to beat.  So at exit a tiny helper
+(``python -S``: no imports, no sitecustomize) goes on beating for the exiting process until it is gone, for
+at most EXIT_BEAT_MAX_S.
 """
 
 from __future__ import annotations
@@ -25,6 +30,20 @@ from relay_inject.stop import has_children
 __all__ = ["Heartbeat", "resumed_step"]
 
 STARTING, TRAINING, SAVING, EXPORTING = "starting", "training", "saving", "exporting"
+EXIT_BEAT_MAX_S = 600.0
+_EXIT_BEAT = """
+import json, os, sys, time
+pid, path, epoch, step, period, limit = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+end = time.monotonic() + limit
+while time.monotonic() < end:
+    time.sleep(period)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        break
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "ts": time.time(), "epoch": epoch, "heartbeat": True}) + "\\n")
+"""
 
 
 def resumed_step(resume_from: Path | None) -> int:
@@ -80,3 +99,23 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._wake.set()
+
+    def at_exit(self) -> None:
+        """atexit: a trainer that finished training is exiting; keep beating through the teardown."""
+        if self.phase != EXPORTING or self.progress.path is None:
+            return
+        import subprocess
+        import sys
+
+        self.stop()
+        args = [str(os.getpid()), str(self.progress.path), str(self.progress.epoch), str(self.step)]
+        try:
+            subprocess.Popen(
+                [sys.executable, "-S", "-c", _EXIT_BEAT, *args, str(_interval()), str(EXIT_BEAT_MAX_S)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError:  # no helper: the teardown is then silent, as without the relay
+            pass
