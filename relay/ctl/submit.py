@@ -11,8 +11,8 @@ the pod).  It must be accepted by a trainer the worker may start for the spec's 
 one (``trainer_blackbox/train_config.py``, pydantic only, imported lazily) or the mock
 (``RELAY_TRAINER=mock`` on the pod; the submit side cannot see the pod's environment, so the union of
 the two is accepted: mock keys keep working, a key neither knows is refused with one line naming it).
-A pod running your own trainer (``SLIME_SFT_CMD`` / ``SLIME_RL_CMD``) takes any keys: submit its
-spec with ``--no-validate``.
+A spec with its own ``trainer_cmd`` takes any keys; so does a pod running a trainer of its own
+(``RELAY_TRAINER_CMD``): submit such a spec with ``--no-validate``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def load_spec(
         spec = RunSpec.model_validate(_jsonable(data))
     except ValidationError as exc:
         raise SpecFileError(f"{name}: {describe_errors(exc)}") from None
-    if validate_train:
+    if validate_train and spec.trainer_cmd is None:  # a trainer_cmd of its own reads any keys
         problem = train_block_problem(spec.train, spec.mode)
         if problem is not None:
             raise SpecFileError(f"{name}: {problem} (a trainer of your own: --no-validate)")
