@@ -248,6 +248,7 @@ def trainer_env(
         RELAY_PYTHON=sys.executable,
         RELAY_INSTRUMENT="1" if cfg.instrument else "0",
         RELAY_HEARTBEAT_S=f"{heartbeat_interval(cfg):g}",
+        RELAY_HEARTBEAT_STARTUP_S=f"{max(60.0, cfg.startup_timeout_s or cfg.hang_timeout_s or 60.0):g}",
         PYTHONUNBUFFERED="1",
     )
     env.pop("RELAY_TRAINER_CMD", None)  # the configuration (or the run spec) decides, not a stray variable

@@ -66,16 +66,20 @@ class Liveness:
         step: int | None = None
         metrics: dict[str, float] = {}
         alive = bool(lines)
-        if lines:
-            self.seen_progress_line = True
-            last = lines[-1]
-            step = last.step
-            if last.raw.get("heartbeat") is not True:
-                metrics.update(last.metrics)
+        beat_step = None
+        for line in lines:  # heartbeats: alive, at the step reached; not a trainer that speaks the protocol
+            if line.raw.get("heartbeat") is True:
+                beat_step = line.step
+            else:
+                self.seen_progress_line = True
+                step = line.step
+                metrics = dict(line.metrics)
         if self.mode == "any" or (self.mode == "auto" and not self.seen_progress_line):
             shown, named = self._fallback(entries, metrics)
             alive = alive or shown
             step = named if step is None else step
+        if step is None and beat_step is not None and beat_step >= self.progress.step:
+            step = beat_step
         return Evidence(alive, step, metrics or None)
 
     def _fallback(self, entries: list, metrics: dict[str, float]) -> tuple[bool, int | None]:

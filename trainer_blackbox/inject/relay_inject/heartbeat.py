@@ -8,6 +8,11 @@ true}`` to RELAY_PROGRESS_FILE every RELAY_HEARTBEAT_S seconds (default 2), S be
 (the resumed one at start).  During training the per-step lines are the signal: a step that never ends (a
 rank stuck in a collective) writes nothing, and the worker's hang detection catches it.
 
+A Python process that never builds a transformers Trainer (a Megatron or slime script also gets the
+instrumentation) would otherwise beat forever and hide a hang: before ``transformers.trainer`` is imported,
+a process beats for at most RELAY_HEARTBEAT_STARTUP_S (the worker passes its ``startup_timeout_s``, at
+least 60 s); then it is judged by its output, its log lines and its checkpoints.
+
 Only the process that trains speaks: a launcher waiting for its children (``accelerate launch``, torchrun
 run by a CLI) and multiprocessing children (data workers) stay silent, so neither can mask a stuck trainer.
 
@@ -58,12 +63,16 @@ def resumed_step(resume_from: Path | None) -> int:
         return 0
 
 
-def _interval() -> float:
+def _seconds(name: str, default: float) -> float:
     try:
-        value = float(os.environ.get("RELAY_HEARTBEAT_S", "2") or 2)
+        value = float(os.environ.get(name, "") or default)
     except ValueError:
-        return 2.0
-    return value if value > 0 else 2.0
+        return default
+    return value if value > 0 else default
+
+
+def _interval() -> float:
+    return _seconds("RELAY_HEARTBEAT_S", 2.0)
 
 
 class Heartbeat:
@@ -89,13 +98,23 @@ class Heartbeat:
 
     def _run(self) -> None:
         import multiprocessing
+        import sys
+        import time
 
         if multiprocessing.parent_process() is not None:
             return  # a data worker or pool process: its parent is the trainer
         period = _interval()
+        startup_end = time.monotonic() + _seconds("RELAY_HEARTBEAT_STARTUP_S", 600.0)
         while not self._wake.wait(period):
-            if self.phase != TRAINING and not has_children():
-                self.progress.write(self.step, heartbeat=True)
+            if self.phase == TRAINING or has_children():
+                continue
+            if (
+                self.phase == STARTING
+                and "transformers.trainer" not in sys.modules
+                and time.monotonic() > startup_end
+            ):
+                continue  # no Trainer in sight: not a process this heartbeat speaks for
+            self.progress.write(self.step, heartbeat=True)
 
     def stop(self) -> None:
         self._wake.set()
