@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import relay_inject
+from relay_inject.checkpoint import PARTIAL_DIRNAME
 from relay_inject.env import EnvError, RelayEnv
 from relay_inject.stop import exit_process
 
@@ -198,7 +199,7 @@ def relay_training_arguments(cfg: TrainingKeys, env: RelayEnv) -> dict[str, Any]
         kwargs.setdefault("dataloader_pin_memory", False)
         kwargs.setdefault("use_cpu", True)  # also what makes accelerate run DDP over gloo under torchrun
     kwargs.update(
-        output_dir=str(env.final_dir or env.output_dir / ".relay_final"),
+        output_dir=str(env.final_dir or env.output_dir / PARTIAL_DIRNAME),  # no final dir: no export
         save_strategy="steps",
         save_total_limit=None,
         logging_strategy="steps",

@@ -3,8 +3,8 @@
 Run by ``launch_rl.sh`` (``python -m trainer_blackbox.rl``; one process per GPU under torchrun).  The data
 is JSONL with a ``prompt`` (a string, or chat messages) and the reference ``answer`` for the exact-match
 reward; rewards and their weights come from ``train.rewards``.  TRL's GRPOTrainer is a transformers
-Trainer, so the same RelayCallback gives it the relay contract (progress lines with ``reward`` and
-``kl``, save-and-exit-0 on SIGTERM, COMPLETE after every rank saved), and its checkpoints carry the RNG
+Trainer, so the relay's instrumentation (relay_inject) gives it the contract (progress lines with
+``reward`` and ``kl``, save-and-exit-0 on SIGTERM, COMPLETE after every rank saved), and its checkpoints carry the RNG
 states that sampling draws from: a run stopped and resumed samples the same completions as one that
 was never stopped.  Contract: trainer_blackbox/README.md.
 """
@@ -60,8 +60,7 @@ def to_prompt(row: dict[str, Any], chat: bool) -> Any:
 
 def train() -> int:
     t_start = time.time()
-    rt = activate_relay(PROG)  # SIGTERM handler, and every Trainer built from here on is instrumented
-    env = rt.env
+    env = activate_relay(PROG).env  # SIGTERM handler; every Trainer built from here on is instrumented
     # 1. Environment, config, data: no torch yet.
     cfg: RLTrainConfig = load_train_config(env.train_config, "rl")
     check_model_ref(cfg)

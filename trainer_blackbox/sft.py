@@ -35,15 +35,13 @@ PROG = "relay-sft"
 
 def train() -> int:
     t_start = time.time()
-    rt = activate_relay(PROG)  # SIGTERM handler, and every Trainer built from here on is instrumented
-    env = rt.env
+    env = activate_relay(PROG).env  # SIGTERM handler; every Trainer built from here on is instrumented
     # 1. Everything that can be wrong in the environment, the config or the data: no torch yet.
     cfg: SFTTrainConfig = load_train_config(env.train_config, "sft")
     check_model_ref(cfg)
     check_resume_dir(env)
     deepspeed = check_deepspeed(cfg)
     rows, kind, data_path = load_sft_rows(cfg.dataset)
-
     configure_runtime()
 
     # 2. Tokenizer and tokenized data: still no model.

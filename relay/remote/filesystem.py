@@ -52,6 +52,7 @@ from relay.remote.base import (
     decide_push,
     load_local_manifest,
     prune_plan,
+    remote_ckpt_prefix,
     superseded_steps,
 )
 from relay.remote.export import FINAL_DIR, check_final_fence, remote_final_prefix
@@ -348,17 +349,16 @@ class FilesystemRemote(Remote):
     # -- the final export --------------------------------------------------------------------------
     def push_final(self, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
         manifest, mbytes = load_local_manifest(export, run_id=self.run_id)
-        msha = sha256_bytes(mbytes)
-        where = f"{self.url}/{remote_final_prefix(self.run_id)}"
-        final_dir = self.root / remote_final_prefix(self.run_id)
+        prefix = remote_final_prefix(self.run_id)
+        where, final_dir = f"{self.url}/{prefix}", self.root / prefix
         try:
             check_final_fence(self._read_state()[0], epoch=epoch, where=where)
-            if self._read_bytes(None, f"{remote_final_prefix(self.run_id)}/{MANIFEST_NAME}") == mbytes:
+            if self._read_bytes(None, f"{prefix}/{MANIFEST_NAME}") == mbytes:
                 return PushResult(
-                    manifest.step, None, 0, 0, len(manifest.files), noop=True, detail="same final export"
+                    manifest.step, None, 0, 0, len(manifest.files), noop=True, detail="same export"
                 )
             stage, sent, files_sent, files_skipped = self._stage(
-                export, manifest, mbytes, msha, name=FINAL_DIR
+                export, manifest, mbytes, sha256_bytes(mbytes), name=FINAL_DIR
             )
             with self._lock():
                 state, counter = self._read_state()
@@ -392,12 +392,7 @@ class FilesystemRemote(Remote):
         return Snapshot(str(counter), state, steps)
 
     def _read_manifest_bytes(self, snap: Snapshot, step: int) -> bytes | None:
-        try:
-            return (self.ckpts / (CKPT_DIR_FMT % step) / MANIFEST_NAME).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise self._wrap(exc, f"reading the manifest of step {step}") from None
+        return self._read_bytes(snap, f"{remote_ckpt_prefix(self.run_id, step)}/{MANIFEST_NAME}")
 
     def _download(
         self,
@@ -448,7 +443,7 @@ class FilesystemRemote(Remote):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 copy_file_hashed(self.root / prefix / f.path, target, on_chunk=on_bytes)
-            except FileNotFoundError:
-                raise
             except OSError as exc:
+                if isinstance(exc, FileNotFoundError):  # the caller names the missing file
+                    raise
                 raise self._wrap(exc, f"copying {prefix}/{f.path}") from None

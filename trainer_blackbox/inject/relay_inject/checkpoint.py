@@ -14,6 +14,7 @@ from pathlib import Path
 
 __all__ = [
     "COMPLETE_MARKER",
+    "PARTIAL_DIRNAME",
     "STEP_DIR_FMT",
     "fsync_tree",
     "parse_step_dir",
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 STEP_DIR_FMT = "step_%08d"
+# RELAY_OUTPUT_DIR/.relay_partial: where a Trainer's saves wait until every rank is done
+PARTIAL_DIRNAME = ".relay_partial"
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 

@@ -31,13 +31,12 @@ from typing import Any
 
 from transformers.trainer_callback import TrainerCallback
 
-from relay_inject.checkpoint import step_dir, write_complete
+from relay_inject.checkpoint import PARTIAL_DIRNAME, step_dir, write_complete
 from relay_inject.heartbeat import EXPORTING, SAVING, TRAINING
 from relay_inject.stop import exit_process
 
 __all__ = ["PARTIAL_DIRNAME", "RelayCallback", "patch_trainer_class"]
 
-PARTIAL_DIRNAME = ".relay_partial"
 EXIT_USER_ERROR = 2
 # HF's cumulative summaries and counters: noise in a per-step progress line.
 _DROP_LOG_KEYS = {
