@@ -31,3 +31,14 @@ def injected_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` for a third-party trainer command: the relay's inject directory first on its PYTHONPATH
     (what the relay's launcher does for RELAY_TRAINER_CMD / SLIME_*_CMD)."""
     return with_pythonpath(dict(env), INJECT_DIR)
+
+
+def hold_save_env(env: dict[str, str], step: int, until: str) -> dict[str, str]:
+    """Make an instrumented trainer's async writer hold the checkpoint of ``step`` until ``until``
+    (``step:M`` or ``sigterm``): relay_testkit/inject_plugins/relay_test_hold_save.py."""
+    env = with_pythonpath(dict(env), PLUGINS_DIR)
+    plugins = [p for p in env.get("RELAY_INJECT_PLUGINS", "").split(",") if p]
+    env["RELAY_INJECT_PLUGINS"] = ",".join([*plugins, "relay_test_hold_save"])
+    env["RELAY_TEST_HOLD_SAVE_AT"] = str(step)
+    env["RELAY_TEST_HOLD_SAVE_UNTIL"] = until
+    return env

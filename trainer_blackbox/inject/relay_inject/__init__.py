@@ -18,16 +18,25 @@ import importlib
 import os
 from collections.abc import Callable
 
-from relay_inject.env import EnvError, RelayEnv
+from relay_inject.env import OFF_VALUES, EnvError, RelayEnv
 from relay_inject.heartbeat import Heartbeat, resumed_step
 from relay_inject.hooks import when_imported
 from relay_inject.progress import ProgressWriter
+from relay_inject.save_request import SaveRequests
 from relay_inject.stop import StopSignal
 
-__all__ = ["EnvError", "Runtime", "activate", "add_step_hook", "enabled", "runtime", "stop_requested"]
+__all__ = [
+    "EnvError",
+    "Runtime",
+    "activate",
+    "add_save_hook",
+    "add_step_hook",
+    "enabled",
+    "runtime",
+    "stop_requested",
+]
 
 PROG = "relay-inject"
-OFF_VALUES = {"0", "off", "false", "no"}
 
 
 class Runtime:
@@ -39,6 +48,8 @@ class Runtime:
         self.prog = prog
         self.stop = StopSignal(prog)
         self.step_hooks: list[Callable[[int], None]] = []
+        self.save_hooks: list[Callable[[int], None]] = []  # run by the async writer thread
+        self.save_requests = SaveRequests.from_environ()
         rank0 = os.environ.get("RANK", "0") == "0"
         self.progress = ProgressWriter(env.progress_file if rank0 else None, env.epoch)
         self.heartbeat = Heartbeat(self.progress, resumed_step(env.resume_from))
@@ -95,6 +106,15 @@ def add_step_hook(hook: Callable[[int], None]) -> None:
     if _RUNTIME is None:
         raise RuntimeError("relay_inject is not active (RELAY_OUTPUT_DIR unset or RELAY_INSTRUMENT=0)")
     _RUNTIME.step_hooks.append(hook)
+
+
+def add_save_hook(hook: Callable[[int], None]) -> None:
+    """Call ``hook(step)`` in the background writer thread of an async checkpoint, before its files are
+    written (after the host copy is complete).  A hook that blocks holds that checkpoint (and the next save,
+    which waits for it); an exception fails the checkpoint as a failed write would."""
+    if _RUNTIME is None:
+        raise RuntimeError("relay_inject is not active (RELAY_OUTPUT_DIR unset or RELAY_INSTRUMENT=0)")
+    _RUNTIME.save_hooks.append(hook)
 
 
 def stop_requested() -> bool:

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EnvError", "RelayEnv"]
+__all__ = ["OFF_VALUES", "ON_VALUES", "EnvError", "RelayEnv"]
+
+ON_VALUES = frozenset({"1", "on", "true", "yes"})
+OFF_VALUES = frozenset({"0", "off", "false", "no"})
 
 
 class EnvError(ValueError):
@@ -29,7 +32,10 @@ class RelayEnv:
     resume_from: Path | None
     progress_file: Path | None
     train_config: Path | None
-    final_dir: Path | None = None  # RELAY_FINAL_DIR: where the end-of-training export goes (README section 9)
+    final_dir: Path | None = (
+        None  # RELAY_FINAL_DIR: where the end-of-training export goes (README section 11)
+    )
+    async_save: bool = True  # RELAY_ASYNC_SAVE: checkpoints written in the background (README section 12)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RelayEnv:
@@ -49,6 +55,9 @@ class RelayEnv:
         progress = env.get("RELAY_PROGRESS_FILE", "").strip()
         config = env.get("RELAY_TRAIN_CONFIG", "").strip()
         final = env.get("RELAY_FINAL_DIR", "").strip()
+        raw_async = env.get("RELAY_ASYNC_SAVE", "").strip().lower() or "1"
+        if raw_async not in ON_VALUES | OFF_VALUES:
+            raise EnvError(f"RELAY_ASYNC_SAVE must be 1 or 0 (got {env.get('RELAY_ASYNC_SAVE')!r})")
         return cls(
             run_id=env.get("RELAY_RUN_ID", "").strip() or "local",
             mode=env.get("RELAY_MODE", "").strip(),
@@ -58,4 +67,5 @@ class RelayEnv:
             progress_file=Path(progress) if progress else None,
             train_config=Path(config) if config else None,
             final_dir=Path(final) if final else None,
+            async_save=raw_async in ON_VALUES,
         )

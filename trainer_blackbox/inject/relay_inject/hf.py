@@ -4,15 +4,20 @@ Imported by the post-import hook once the trainer has imported ``transformers.tr
 and torch are already there.  ``patch_trainer_class`` wraps ``Trainer.__init__`` once; every Trainer built
 afterwards (any subclass) is instrumented on its own instance:
 
-- **checkpoints**: ``_save_checkpoint`` runs with ``args.output_dir`` pointed at the hidden work directory
-  ``RELAY_OUTPUT_DIR/.relay_partial`` and no ``save_total_limit``; when every callback's ``on_save`` has
-  run (LLaMA-Factory saves the tokenizer there) and every rank has saved (a barrier), rank 0 renames
-  ``checkpoint-N`` to ``RELAY_OUTPUT_DIR/step_%08d`` and writes ``COMPLETE`` last.  The user's own
-  output directory never holds a checkpoint, so nothing of theirs rotates, resumes from or fights over one;
+- **checkpoints** (relay_inject.hf_save): ``_save_checkpoint`` runs with ``args.output_dir`` pointed at the
+  hidden work directory ``RELAY_OUTPUT_DIR/.relay_partial`` and no ``save_total_limit``; when every
+  callback's ``on_save`` has run (LLaMA-Factory saves the tokenizer there) and every rank's files are on
+  disk, rank 0 renames ``checkpoint-N`` to ``RELAY_OUTPUT_DIR/step_%08d`` and writes ``COMPLETE`` last.
+  By default the large files are written in the background from a host copy (relay_inject.async_save), so
+  training pauses only for that copy.  The user's own output directory never holds a checkpoint, so
+  nothing of theirs rotates, resumes from or fights over one;
 - **resume**: ``train()`` resumes from RELAY_RESUME_FROM when it is set and from nothing otherwise,
   whatever ``resume_from_checkpoint`` the user's code or config passed;
-- **SIGTERM**: at the end of the step in flight the Trainer saves that step and stops; ``train()`` then
-  ends the process with exit code 0 (the user's script does not go on to its final export);
+- **SIGTERM**: at the end of the step in flight the Trainer saves that step (after the save in flight, if
+  any, is written) and stops; ``train()`` then ends the process with exit code 0 once the checkpoint is on
+  disk (the user's script does not go on to its final export);
+- **save requests** (RELAY_SAVE_REQUEST_FILE, relay_inject.save_request): a new request from the worker
+  saves the step just completed, decided by every rank together, like the stop flag;
 - **progress**: a line per optimizer step (a logged step's line carries its logs: loss, learning rate,
   grad norm...; tokens/s where the Trainer counts tokens);
 - **final export**: with RELAY_FINAL_DIR set, ``args.output_dir`` is that directory, so what the script
@@ -22,8 +27,8 @@ afterwards (any subclass) is instrumented on its own instance:
 
 from __future__ import annotations
 
+import atexit
 import functools
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,8 +36,8 @@ from typing import Any
 
 from transformers.trainer_callback import TrainerCallback
 
-from relay_inject.checkpoint import PARTIAL_DIRNAME, step_dir, write_complete
-from relay_inject.heartbeat import EXPORTING, SAVING, TRAINING
+from relay_inject.heartbeat import EXPORTING, TRAINING
+from relay_inject.hf_save import PARTIAL_DIRNAME, CheckpointSaving, dist_world, world_zero
 from relay_inject.stop import exit_process
 
 __all__ = ["PARTIAL_DIRNAME", "RelayCallback", "patch_trainer_class"]
@@ -51,29 +56,15 @@ _DROP_LOG_KEYS = {
 }
 
 
-def _dist_world() -> Any | None:
-    """torch.distributed when it is initialised with more than one rank, else None."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
-
-
-def _world_zero() -> bool:
-    dist = _dist_world()
-    if dist is not None:
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
-
-
 class RelayCallback(TrainerCallback):
-    """Progress lines and save-and-stop on SIGTERM; one per instrumented Trainer."""
+    """Progress lines, save-and-stop on SIGTERM and the worker's save requests; one per instrumented
+    Trainer."""
 
     def __init__(self, rt: Any) -> None:
         self.rt = rt
         self.progress = rt.progress
-        self.last_saved: int | None = None
+        self.last_saved: int | None = None  # the newest step saved (or being written), or resumed from
+        self.save_pause_s: float | None = None  # the last save's training pause, for the next line
         self.pending: int | None = None  # a finished step whose line waits for its on_log
         self._t_prev = time.time()
         self._tokens_prev: int | None = None
@@ -100,6 +91,7 @@ class RelayCallback(TrainerCallback):
                 metrics["tokens_per_s"] = (tokens - self._tokens_prev) / (now - self._t_prev)
             metrics["tokens_seen"] = tokens
             self._tokens_prev, self._t_prev = tokens, now
+        metrics["save_pause_s"], self.save_pause_s = self.save_pause_s, None
         self.progress.write(state.global_step, **metrics)
 
     def _finish_step(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None) -> None:
@@ -108,21 +100,32 @@ class RelayCallback(TrainerCallback):
         self._write_line(state, logs)
         for hook in self.rt.step_hooks:
             hook(step)
-        if self._stop_requested(args):
-            if self.last_saved != step:
-                control.should_save = True
+        stop, asked = self._flags(args, self.rt.save_requests.pending())
+        if (stop or asked) and self.last_saved != step:
+            control.should_save = True
+            if asked and not stop and world_zero():
+                print(f"{self.rt.prog}: saving step {step}: the worker asked for a checkpoint", flush=True)
+        if stop:
             control.should_training_stop = True
 
     def _stop_requested(self, args: Any) -> bool:
-        """The stop flag, all-reduced (MAX) when there are several ranks, so all stop at the same step."""
-        dist = _dist_world()
+        """The stop flag, agreed by every rank (see ``_flags``)."""
+        return self._flags(args, False)[0]
+
+    def _flags(self, args: Any, save_request: bool) -> tuple[bool, bool]:
+        """(stop, save request), all-reduced (MAX) when there are several ranks, so all stop or save at the
+        same step."""
+        dist = dist_world()
         if dist is None:
-            return self.rt.stop.requested
+            return self.rt.stop.requested, save_request
         import torch
 
-        flag = torch.tensor([1 if self.rt.stop.requested else 0], dtype=torch.int32, device=args.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        flags = torch.tensor(
+            [int(self.rt.stop.requested), int(save_request)], dtype=torch.int32, device=args.device
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, asked = flags.tolist()
+        return bool(stop), bool(asked)
 
     # --- TrainerCallback -----------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -160,15 +163,14 @@ class RelayCallback(TrainerCallback):
 
 
 class _Instrumented:
-    """What one Trainer instance gets: its callback, the checkpoint redirect and the publish step."""
+    """What one Trainer instance gets: its callback, its checkpoint saving and the train/export wrappers."""
 
     def __init__(self, trainer: Any, rt: Any) -> None:
         self.trainer = trainer
         self.rt = rt
         self.env = rt.env
-        self.partial = self.env.output_dir / PARTIAL_DIRNAME
         self.callback = RelayCallback(rt)
-        self._saved_args: tuple[Any, Any] | None = None
+        self.saving = CheckpointSaving(trainer, rt, self.callback)
 
     def install(self) -> None:
         t = self.trainer
@@ -181,81 +183,11 @@ class _Instrumented:
             args.save_only_model = False
         if self.env.final_dir is not None:
             args.output_dir = str(self.env.final_dir)
-        if _world_zero():
-            shutil.rmtree(self.partial, ignore_errors=True)  # leftovers of a killed earlier attempt
-            self.partial.mkdir(parents=True, exist_ok=True)
         t.add_callback(self.callback)
-        t._save_checkpoint = self._wrap_save_checkpoint(t._save_checkpoint)
+        self.saving.install()
         t.save_model = self._wrap_save_model(t.save_model)
         t.train = self._wrap_train(t.train)
-        handler = t.callback_handler
-        handler.on_save = self._wrap_on_save(handler.on_save)
-
-    # --- checkpoints ---------------------------------------------------------------------------
-    def _redirect(self) -> None:
-        args = self.trainer.args
-        if self._saved_args is None:
-            self._saved_args = (args.output_dir, args.save_total_limit)
-        args.output_dir, args.save_total_limit = str(self.partial), None
-
-    def _restore(self) -> None:
-        if self._saved_args is not None:
-            args = self.trainer.args
-            args.output_dir, args.save_total_limit = self._saved_args
-            self._saved_args = None
-
-    def _wrap_save_checkpoint(self, orig: Any) -> Any:
-        @functools.wraps(orig)
-        def _save_checkpoint(*a: Any, **kw: Any) -> Any:
-            self._redirect()  # restored once on_save has published the checkpoint
-            self.rt.heartbeat.set(SAVING)  # a large model's save is minutes of silence
-            try:
-                return orig(*a, **kw)
-            except BaseException:
-                self._restore()
-                raise
-
-        return _save_checkpoint
-
-    def _wrap_on_save(self, orig: Any) -> Any:
-        @functools.wraps(orig)
-        def on_save(args: Any, state: Any, control: Any) -> Any:
-            try:
-                control = orig(args, state, control)
-                self.publish(state.global_step)
-            finally:
-                self._restore()
-                self.rt.heartbeat.set(TRAINING)
-            if self.callback._stop_requested(args):  # SIGTERM during a scheduled save: that save was it
-                control.should_training_stop = True
-            return control
-
-        return on_save
-
-    def publish(self, step: int) -> None:
-        """Every rank has saved ``checkpoint-<step>``: rank 0 renames it to ``step_%08d`` + COMPLETE."""
-        dist = _dist_world()
-        if dist is not None:
-            dist.barrier()
-        self.callback.last_saved = step
-        if not _world_zero():
-            return
-        src = self.partial / f"checkpoint-{step}"
-        if not src.is_dir():
-            print(f"{self.rt.prog}: warning: no checkpoint at {src} after a save of step {step}", flush=True)
-            return
-        dst = step_dir(self.env.output_dir, step)
-        if dst.exists():  # a partial directory left by a killed earlier attempt
-            shutil.rmtree(dst)
-        os.replace(src, dst)
-        t0 = time.monotonic()
-        write_complete(dst, step)
-        size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
-        print(
-            f"{self.rt.prog}: checkpoint of step {step} complete at {dst} "
-            f"({size / 1e6:.1f} MB, fsync {time.monotonic() - t0:.2f}s)",
-            flush=True,
-        )
+        atexit.register(self._flush_quietly)  # a script that ends without returning from train()
 
     # --- final export --------------------------------------------------------------------------
     def _wrap_save_model(self, orig: Any) -> Any:
@@ -263,7 +195,7 @@ class _Instrumented:
         def save_model(output_dir: str | None = None, _internal_call: bool = False, **kw: Any) -> Any:
             result = orig(output_dir, _internal_call, **kw)
             final = self.env.final_dir
-            if not _internal_call and final is not None and output_dir is not None and _world_zero():
+            if not _internal_call and final is not None and output_dir is not None and world_zero():
                 src = Path(output_dir).resolve()
                 if src != final.resolve() and src.is_dir():
                     shutil.copytree(src, final, dirs_exist_ok=True)
@@ -292,16 +224,27 @@ class _Instrumented:
                     f"{self.rt.prog}: resume_from_checkpoint={asked!r} ignored: the relay decides", flush=True
                 )
             kw["resume_from_checkpoint"] = str(resume) if resume is not None else None
-            result = orig(*a, **kw)
+            try:
+                result = orig(*a, **kw)
+            except BaseException:
+                self._flush_quietly()  # the checkpoint being written is a complete step: finish it
+                raise
+            self.saving.flush()  # the last checkpoint (on SIGTERM: of the step stopped at) is on disk
             self.rt.heartbeat.set(EXPORTING, self.trainer.state.global_step)  # what the script does next
             if self.rt.stop.requested:
                 step = self.trainer.state.global_step
-                if _world_zero():
+                if world_zero():
                     print(f"{self.rt.prog}: exit 0 at step {step} (SIGTERM; checkpoint saved)", flush=True)
                 exit_process(0)
             return result
 
         return train
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.saving.flush()
+        except Exception as exc:  # noqa: BLE001 - already failing or exiting: say it, do not mask the cause
+            print(f"{self.rt.prog}: error: {exc}", flush=True)
 
 
 def _trainer_args(a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
