@@ -4,7 +4,9 @@ Run by ``launch_sft.sh`` (``python -m trainer_blackbox.sft``; one process per GP
 The loss covers completion / assistant tokens only.  Checkpoints hold everything exact resume needs
 (weights, optimizer, scheduler, RNG of every rank, trainer state with the data position); the data order
 is a pure function of the seed and the epoch, so a resumed run sees the batches the uninterrupted run
-would have seen.  Contract: trainer_blackbox/README.md.
+would have seen.  Checkpoints are written in the background (training pauses for a host copy of the state)
+and the worker's save requests are honoured: both are the instrumentation's (README §12, §13).
+Contract: trainer_blackbox/README.md.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_buffers_are_reused_and_the_pool_holds_one_save() -> None:
     second.copy_tensors({"a": torch.ones(100)})
     assert buffers.allocated_bytes == 0 and {b.data_ptr() for b in buffers._used} <= ptrs
     buffers.recycle()
-    assert buffers.held_bytes == 0 and sum(len(v) for v in buffers._free.values()) == 1  # b's was released
+    assert buffers.held_bytes == 400  # a's buffer is kept for the next save, b's was released
 
 
 def test_capture_defers_checkpoint_writes_and_nothing_else(tmp_path: Path) -> None:

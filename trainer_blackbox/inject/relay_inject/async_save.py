@@ -85,7 +85,8 @@ class _Rebinder:
         self._scanned: set[str] = set()
         self._sites: list[tuple[dict[str, Any], str, Callable[..., Any]]] = []
 
-    def _scan(self) -> None:
+    def scan(self) -> None:
+        """Find the module-level names bound to the save functions (in modules not looked at yet)."""
         targets = _save_targets()
         if [id(t) for t in targets] != [id(t) for t in self._targets]:  # a save function appeared: rescan all
             self._targets, self._scanned, self._sites = targets, set(), []
@@ -103,7 +104,7 @@ class _Rebinder:
                     self._sites.append((namespace, attr, value))
 
     def install(self, recorders: dict[int, Callable[..., Any]]) -> None:
-        self._scan()
+        self.scan()
         for namespace, attr, original in self._sites:
             if namespace.get(attr) is original and id(original) in recorders:
                 namespace[attr] = recorders[id(original)]
@@ -130,12 +131,13 @@ class AsyncCheckpointer:
     @property
     def in_flight(self) -> int | None:
         """The step being written in the background, if any."""
-        return self._running.step if self._thread is not None and self._thread.is_alive() else None
+        alive = self._thread is not None and self._thread.is_alive()
+        return self._running.step if alive and self._running is not None else None
 
     def wait(self) -> None:
         """Block until the save in flight is written; raise AsyncSaveError if it failed."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join()  # the save in flight, or the reservation of buffers before the first
             self._thread = self._running = None
         if self._error is not None:
             step, exc = self._error
@@ -193,6 +195,22 @@ class AsyncCheckpointer:
         )
         self._thread.start()
         return job
+
+    def reserve(self, sizes: list[int]) -> None:
+        """Allocate host buffers of these sizes in the background (a save waits for it to end)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(
+            target=self._reserve, args=(sizes,), name="relay-async-save-reserve", daemon=True
+        )
+        self._thread.start()
+
+    def _reserve(self, sizes: list[int]) -> None:
+        try:
+            self._rebinder.scan()  # the first look through every module's names, out of the first pause
+            self.buffers.reserve(sizes)
+        except Exception:  # noqa: BLE001 - out of memory here: the save allocates what it needs itself
+            pass
 
     def discard(self) -> None:
         """A capture whose save was abandoned: nothing is written, its buffers serve the next save."""

@@ -20,6 +20,8 @@ import shutil
 import time
 from typing import Any
 
+from transformers.trainer_callback import TrainerCallback
+
 from relay_inject.async_save import AsyncCheckpointer, AsyncSaveError, Job
 from relay_inject.checkpoint import PARTIAL_DIRNAME, step_dir, write_complete
 from relay_inject.heartbeat import SAVING, TRAINING
@@ -44,6 +46,10 @@ def world_zero() -> bool:
     if dist is not None:
         return dist.get_rank() == 0
     return os.environ.get("RANK", "0") == "0"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
 
 
 def sync_reason(trainer: Any, async_enabled: bool) -> str | None:
@@ -83,6 +89,8 @@ class CheckpointSaving:
 
     def install(self) -> None:
         t = self.trainer
+        if self.saver is not None:
+            t.add_callback(_ReserveAfterFirstStep(self))
         t._save_checkpoint = self._wrap_save_checkpoint(t._save_checkpoint)
         handler = t.callback_handler
         handler.on_save = self._wrap_on_save(handler.on_save)
@@ -170,12 +178,15 @@ class CheckpointSaving:
             return False
         if world_zero():
             b = self.saver.buffers
-            new = f", {b.allocated_bytes / 1e6:.1f} MB of it newly allocated" if b.allocated_bytes else ""
+            if b.pin_error is not None:  # said once: copies now go to pageable memory (slower, still exact)
+                print(f"{self.rt.prog}: warning: host memory not page-locked: {b.pin_error}", flush=True)
+                b.pin_error = None
+            new = f", {_size(b.allocated_bytes)} of it newly allocated" if b.allocated_bytes else ""
             kind = "page-locked" if b.pin else "pageable"
             sync = f"; saved synchronously: {', '.join(job.sync_files)}" if job.sync_files else ""
             print(
-                f"{self.rt.prog}: checkpoint of step {step}: {job.copy.copied_bytes / 1e6:.1f} MB copied to "
-                f"host memory ({kind}, {b.held_bytes / 1e6:.1f} MB held{new}); "
+                f"{self.rt.prog}: checkpoint of step {step}: {_size(job.copy.copied_bytes)} copied to "
+                f"host memory ({kind}, {_size(b.held_bytes)} held{new}); "
                 f"{', '.join(job.deferred) or 'no files'} written in the background{sync}",
                 flush=True,
             )
@@ -234,3 +245,64 @@ class CheckpointSaving:
             if world_zero():
                 print(f"{self.rt.prog}: waiting for the checkpoint of step {step} to be written", flush=True)
         self.saver.wait()
+
+
+def expected_sizes(trainer: Any) -> list[int]:
+    """The host buffers this rank's first checkpoint will take (relay_inject.host_copy): the model's
+    weights as safetensors writes them (the trainable ones only when some are frozen: adapters) and the
+    optimizer state's storages as torch.save writes them.  None on a rank that saves neither."""
+    import torch
+
+    if not getattr(trainer.args, "should_save", True):
+        return []
+    seen: set[tuple[str, int]] = set()
+    sizes: list[int] = []
+
+    def add(t: Any, whole_storage: bool) -> None:
+        if not isinstance(t, torch.Tensor) or t.device.type not in ("cpu", "cuda"):
+            return
+        key = (str(t.device), t.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            sizes.append(t.untyped_storage().nbytes() if whole_storage else t.numel() * t.element_size())
+
+    params = list(trainer.model.parameters())
+    if all(p.requires_grad for p in params):
+        for t in trainer.model.state_dict().values():
+            add(t, whole_storage=False)
+    else:
+        for p in params:
+            if p.requires_grad:
+                add(p, whole_storage=False)
+    optimizer = getattr(trainer, "optimizer", None)
+    for state in getattr(optimizer, "state", {}).values():
+        for t in state.values():
+            add(t, whole_storage=True)
+    return sizes
+
+
+class _ReserveAfterFirstStep(TrainerCallback):
+    """Once the optimizer state exists (the end of the first step), reserve the host buffers of the first
+    checkpoint in the background: page-locking gigabytes takes seconds, which the first save would pause
+    for."""
+
+    def __init__(self, saving: CheckpointSaving) -> None:
+        self.saving = saving
+        self.done = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        saver = self.saving.saver
+        if self.done or saver is None:
+            return control
+        self.done = True
+        sizes = expected_sizes(self.saving.trainer)
+        if sizes:
+            saver.reserve(sizes)
+            if world_zero():
+                kind = "page-locked" if saver.buffers.pin else "pageable"
+                print(
+                    f"{self.saving.rt.prog}: reserving {_size(sum(sizes))} of {kind} host memory for "
+                    "the copies of async checkpoints (one checkpoint's tensors, reused by every save)",
+                    flush=True,
+                )
+        return control

@@ -16,7 +16,8 @@ exactly as the Trainer would have, so a copy is either exact or not attempted.
 Copies land in ``HostBuffers``: host memory kept from one save to the next (page-locked with
 ``cudaHostRegister`` when the state lives on a GPU, so device-to-host copies are DMA at full bandwidth and
 are only enqueued here; ``Copy.ready()`` waits for them).  The pool holds exactly the buffers the last save
-used, so what stays allocated is one checkpoint's worth of tensor bytes, which every save reports.
+used, so what stays allocated is one checkpoint's worth of tensor bytes, which every save reports.  Before
+the first save they can be reserved in the background (``reserve``) from the sizes the state has then.
 """
 
 from __future__ import annotations
@@ -65,14 +66,23 @@ class HostBuffers:
         self._used.append(buf)
         return buf
 
-    def _allocate(self, nbytes: int) -> torch.UntypedStorage:
+    def reserve(self, sizes: list[int]) -> None:
+        """Allocate (and touch, or page-lock) buffers of these sizes ahead of the first save, so that its
+        pause is a warm one; the writer thread runs this after the first step (relay_inject.hf_save)."""
+        for nbytes in sizes:
+            buf = self._allocate(nbytes, touch=True)
+            self._free.setdefault(nbytes, []).append(buf)
+
+    def _allocate(self, nbytes: int, touch: bool = False) -> torch.UntypedStorage:
         holder = torch.empty(nbytes, dtype=torch.uint8)
+        if touch and not self.pin:
+            holder.zero_()  # fault the pages in now rather than during a copy (registering does it too)
         storage = holder.untyped_storage()
         if self.pin and nbytes:
             # cudaHostRegister on an exact-size allocation: torch's pinned allocator rounds every block up to
             # a power of two (up to twice the memory); registered memory is DMA-able all the same.
             ptr = storage.data_ptr()
-            err = int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0))
+            err = int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 1))  # 1: portable
             if err == 0:
                 weakref.finalize(storage, _unregister, ptr)
             else:
@@ -81,8 +91,8 @@ class HostBuffers:
 
     @property
     def held_bytes(self) -> int:
-        """Host bytes the save in progress (or the last one) copied into."""
-        return sum(b.nbytes() for b in self._used)
+        """Host bytes this pool holds: the buffers of the save in progress and those kept for the next."""
+        return sum(b.nbytes() for b in self._used) + sum(b.nbytes() for v in self._free.values() for b in v)
 
     def recycle(self) -> None:
         """The save's files are written: its buffers serve the next save; any others are released."""
