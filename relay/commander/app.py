@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
-from relay.commander import metrics
+from relay.commander import metrics, ui
 from relay.commander.auth import SharedSecretAuth
 from relay.commander.callbacks import CallbackDispatcher, CallbackSettings
 from relay.commander.leases import LeaseHeldError, LeaseManager, RuleError
@@ -635,6 +635,7 @@ def create_app(
     app[API_KEY] = api
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)
+    ui.install(app, api)  # the dashboard at /ui/ (and / redirecting there)
     app.router.add_route("*", "/{tail:.*}", api.not_found)
     app.cleanup_ctx.append(api.sweeper)
     app.cleanup_ctx.append(callbacks.cleanup_ctx)

@@ -1,0 +1,168 @@
+"""One server-sent-events stream per dashboard tab: the run list, and on a run page that run's detail and logs.
+
+A tab opens exactly one ``EventSource`` on ``/ui/api/stream`` (``?run=ID`` on a run page) and gets:
+
+* ``runs`` (runs page): ``{full, runs, removed, now}``, the whole list first, then only the runs that
+  changed;
+* ``run`` (run page): ``{reset, detail, now}``, the run's detail (``RunDetail``), first whole, then
+  with ``events`` and ``metrics_history`` holding only what was appended since the previous message;
+* ``logs`` (run page): a ``LogsResponse`` page of new log lines (the last 500 first);
+* ``gone`` (run page): the run does not exist.
+
+The run page's detail and logs are read again only when the feed says the run changed (a report, a
+renew, a release), so an idle run costs nothing.  Why hand-written rather than aiohttp-sse: the
+format is three lines per message, and the stream must end on the commander's shutdown, which is
+simplest with the loop in view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from relay.commander.ui import source
+from relay.commander.ui.feed import RunsFeed, Subscription
+
+if TYPE_CHECKING:
+    from relay.commander.app import CommanderApi
+
+KEEPALIVE_S = 15.0
+LOG_PAGE = 500
+APPENDED = ("events", "metrics_history")
+LIMITS = {"events": source.DETAIL_EVENTS, "metrics_history": source.DETAIL_METRICS}
+
+
+def frame(event: str, data: Any) -> bytes:
+    """One SSE message; JSON never contains a raw newline, so ``data`` is one line."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def appended(previous: list[Any], current: list[Any], limit: int) -> list[Any] | None:
+    """The items of ``current`` after those already sent (``previous``), or None when they cannot be
+    told apart (the window slid past everything sent): then the whole list is sent again."""
+    if not previous:
+        return current
+    n, last = len(previous), previous[-1]
+    if len(current) < limit and len(current) >= n and current[n - 1] == last:
+        return current[n:]
+    for index in range(len(current) - 1, -1, -1):
+        if current[index] == last:
+            return current[index + 1 :]
+    return None
+
+
+class RunFollower:
+    """What one run page has been sent: the detail's lists and the log cursor."""
+
+    def __init__(self, api: CommanderApi, run_id: str) -> None:
+        self.api = api
+        self.run_id = run_id
+        self.sent: dict[str, list[Any]] = {name: [] for name in APPENDED}
+        self.cursor = 0
+        self.started = False
+
+    def detail_message(self) -> dict[str, Any] | None:
+        """The ``run`` message now, or None when the run does not exist."""
+        from relay.commander.leases import RunNotFoundError
+
+        try:
+            detail = source.run_detail(self.api, self.run_id).model_dump(mode="json")
+        except RunNotFoundError:
+            return None
+        reset = not self.started
+        tails: dict[str, list[Any] | None] = {}
+        if self.started:
+            tails = {name: appended(self.sent[name], detail[name], LIMITS[name]) for name in APPENDED}
+            reset = any(tail is None for tail in tails.values())
+        self.sent = {name: detail[name] for name in APPENDED}  # the window the browser now ends with
+        if not reset:
+            detail.update(tails)
+        self.started = True
+        return {"reset": reset, "detail": detail}
+
+    def log_messages(self) -> list[dict[str, Any]]:
+        """New log pages after the cursor (the last LOG_PAGE lines on the first call)."""
+        pages = []
+        first = self.cursor == 0
+        while True:
+            page = source.log_page(
+                self.api, self.run_id, after=self.cursor, limit=LOG_PAGE, tail=LOG_PAGE if first else 0
+            )
+            first = False
+            if page.lines:
+                pages.append(page.model_dump(mode="json"))
+            self.cursor = page.next_cursor
+            if not page.more:
+                return pages
+
+
+async def serve_stream(
+    request: web.Request, api: CommanderApi, feed: RunsFeed, run_id: str | None
+) -> web.StreamResponse:
+    """Stream until the tab goes away or the commander shuts down."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    sub, full = feed.subscribe()
+    follower = RunFollower(api, run_id) if run_id else None
+    try:
+        if follower is None:
+            await response.write(b"retry: 2000\n\n" + frame("runs", full.message()))
+        else:
+            await response.write(b"retry: 2000\n\n")
+            if not await _send_run(response, follower, full.now):
+                return response
+        await _pump(response, feed, sub, follower)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        feed.unsubscribe(sub)
+    return response
+
+
+async def _pump(
+    response: web.StreamResponse, feed: RunsFeed, sub: Subscription, follower: RunFollower | None
+) -> None:
+    closing = asyncio.ensure_future(feed.closing.wait())
+    try:
+        while not sub.dropped:
+            getter = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait(
+                {getter, closing}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if closing in done:
+                getter.cancel()
+                return
+            if getter not in done:
+                getter.cancel()
+                await response.write(b": keep-alive\n\n")
+                continue
+            change = getter.result()
+            if follower is None:
+                if change.runs or change.removed:
+                    await response.write(frame("runs", change.message()))
+            elif follower.run_id in change.changed_ids() or follower.run_id in change.removed:
+                if not await _send_run(response, follower, change.now):
+                    return
+    finally:
+        closing.cancel()
+
+
+async def _send_run(response: web.StreamResponse, follower: RunFollower, now: float) -> bool:
+    """Send the followed run's detail and new log lines; False when the run does not exist."""
+    message = follower.detail_message()
+    if message is None:
+        await response.write(frame("gone", {"run_id": follower.run_id}))
+        return False
+    chunks = [frame("run", {**message, "now": now})]
+    chunks += [frame("logs", page) for page in follower.log_messages()]
+    await response.write(b"".join(chunks))
+    return True
