@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except SpecFileError as exc:
         first, *rest = exc.lines()
-        if exc.train_block:
+        if exc.train_block and rest:
             rest.append("(a trainer of your own, which takes any train: keys: --no-validate)")
+        elif exc.train_block:
+            first += " (a trainer of your own: --no-validate)"
         print(f"relayctl submit: error: {first}", *rest, sep="\n", file=sys.stderr)
         return EXIT_BAD_SPEC
     args._spec = spec
