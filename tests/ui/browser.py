@@ -1,0 +1,182 @@
+"""A real headless Chromium (Debian's chromium + chromedriver, installed by tools/install_browser.sh) driven
+by Selenium, and the few waits and reads the dashboard tests share."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from relay_testkit.wait import wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = (
+    None
+    if CHROMIUM and CHROMEDRIVER
+    else "chromium or chromedriver is not installed: tools/test.sh installs them (tools/install_browser.sh, "
+    "Debian packages chromium and chromium-driver)"
+)
+T = TypeVar("T")
+
+
+def chromium() -> Iterator[Any]:
+    """One headless browser (a module-scoped fixture body): quits at teardown."""
+    if MISSING:
+        pytest.skip(MISSING)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="relay-ui-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # tests run as root in CI
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={profile}",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def until(driver: Any, cond: Callable[[], T], what: str, timeout_s: float = 20.0) -> T:
+    """wait_for with the page's text and console errors in the failure message."""
+
+    def detail() -> str:
+        body = driver.execute_script("return document.body ? document.body.innerText : ''")[:1500]
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        return f"url {driver.current_url}\npage:\n{body}\nconsole errors: {errors}"
+
+    return wait_for(cond, timeout_s, what, interval_s=0.1, detail=detail)
+
+
+def css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def text_of(driver: Any, selector: str) -> str | None:
+    found = css(driver, selector)
+    return found[0].text if found else None
+
+
+def screenshot(driver: Any, name: str, *, full_page: bool = True) -> Path:
+    """Save the page (the whole page, or the window) as artifacts/screenshots/<name>.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    if not full_page:
+        driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+        return SCREENSHOTS / f"{name}.png"
+    height = driver.execute_script("return Math.max(document.body.scrollHeight, 1000)")
+    size = driver.get_window_size()
+    driver.set_window_size(size["width"], min(int(height) + 40, 6000))
+    path = SCREENSHOTS / f"{name}.png"
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(size["width"], size["height"])
+    return path
+
+
+def api(url: str, path: str, secret: str | None, body: dict[str, Any] | None = None) -> Any:
+    """One call to the commander's API with the bearer token (what relayctl would do)."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def requests_made(driver: Any) -> list[dict[str, Any]]:
+    """Network requests the page made since the last call (Chrome's DevTools performance log)."""
+    out = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            params = message["params"]
+            out.append(
+                {
+                    "url": params["request"]["url"],
+                    "type": params.get("type"),
+                    "method": params["request"]["method"],
+                }
+            )
+    return out
+
+
+def run_or_none(url: str, run_id: str, secret: str | None) -> dict[str, Any] | None:
+    """The run's detail, or None while it does not exist yet (a worker creates it when it acquires)."""
+    import urllib.error
+
+    try:
+        return api(url, f"/api/runs/{run_id}", secret)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def seed_runs(url: str, count: int, *, running: int, preempted: int, completed: int) -> float:
+    """Submit ``count`` runs through the API, then have pods take some of them; returns the seconds it took.
+
+    Runs 0..running-1 end up held (running), the next ``preempted`` handed back as preempted, the next
+    ``completed`` completed; the rest wait (pending)."""
+    import asyncio
+    import time
+
+    from relay.client import CommanderClient
+    from relay.schema import AcquireRequest, ReleaseRequest, RunSpec
+
+    async def seed() -> None:
+        async with CommanderClient(url, timeout_s=30) as client:
+            names = [f"run-{i:04d}" for i in range(count)]
+            for start in range(0, count, 100):
+                batch = names[start : start + 100]
+                await asyncio.gather(
+                    *(client.submit_run(RunSpec(run_id=n, priority=i % 7)) for i, n in enumerate(batch))
+                )
+
+            async def take(i: int, outcome: str | None) -> None:
+                grant = await client.acquire(AcquireRequest(run_id=names[i], worker_id=f"pod-{i % 40:02d}"))
+                if outcome is not None:
+                    await client.release(
+                        ReleaseRequest(
+                            run_id=names[i],
+                            worker_id=f"pod-{i % 40:02d}",
+                            lease_id=grant.lease_id,
+                            epoch=grant.epoch,
+                            outcome=outcome,
+                            step=i,
+                        )
+                    )
+
+            plan = [None] * running + ["preempted"] * preempted + ["completed"] * completed
+            await asyncio.gather(*(take(i, outcome) for i, outcome in enumerate(plan)))
+
+    started = time.monotonic()
+    asyncio.run(seed())
+    return time.monotonic() - started
