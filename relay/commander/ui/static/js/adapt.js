@@ -5,7 +5,7 @@
 // and the metrics history: the same shape comes out either way, so nothing else on the page cares.
 
 /** How a lease ended, as the timeline colours it. */
-export const OUTCOMES = ["running", "preempted", "expired", "fenced", "failed", "completed", "cancelled", "superseded"];
+export const OUTCOMES = ["running", "preempted", "expired", "fenced", "failed", "completed", "cancelled", "unknown"];
 
 const RELEASES = new Set(["preempted", "completed", "failed", "cancelled"]);
 
@@ -24,9 +24,10 @@ function normalize(lease) {
     worker_id: lease.worker_id,
     granted_at: lease.granted_at,
     ended_at: lease.ended_at ?? null,
-    outcome: lease.outcome ?? lease.ended_how ?? (lease.ended_at == null ? "running" : "unknown"),
+    outcome: lease.ended ?? (lease.ended_at == null ? "running" : "unknown"),
     first_step: lease.first_step ?? null,
     last_step: lease.last_step ?? null,
+    fenced_at: lease.fenced_at ?? null, // its holder called after the lease had ended, and was refused
   };
 }
 
@@ -37,21 +38,17 @@ export function deriveLeases(detail) {
   for (const ev of events) {
     if (ev.name === "acquired") {
       for (const open of byEpoch.values()) {
-        if (open.ended_at === null) {
-          open.ended_at = ev.ts;
-          open.outcome = open.worker_id === ev.worker_id ? "superseded" : "fenced";
-        }
+        if (open.ended_at === null) close(open, ev.ts, "fenced"); // a newer grant replaced it while live
       }
       byEpoch.set(ev.epoch, {
         epoch: ev.epoch, worker_id: ev.worker_id, granted_at: ev.ts, ended_at: null, outcome: "running",
-        first_step: null, last_step: null,
+        first_step: null, last_step: null, fenced_at: null,
       });
       continue;
     }
     const lease = byEpoch.get(ev.epoch);
     if (!lease || lease.ended_at !== null) continue;
     if (ev.name === "lease_expired") close(lease, ev.ts, "expired");
-    else if (ev.name === "fenced") close(lease, ev.ts, "fenced");
     else if (RELEASES.has(ev.name) && ev.worker_id) {
       const failed = (ev.message || "").startsWith("released as failed");
       close(lease, ev.ts, failed ? "failed" : ev.name);

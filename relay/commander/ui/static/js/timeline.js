@@ -25,7 +25,7 @@ export function drawTimeline(leases) {
   const lanes = [];
   for (const lease of leases) if (!lanes.includes(lease.worker_id)) lanes.push(lease.worker_id);
   const t0 = Math.min(...leases.map((l) => l.granted_at));
-  const t1 = Math.max(...leases.map(ended), t0 + 1);
+  const t1 = Math.max(...leases.map(ended), ...leases.map((l) => l.fenced_at || 0), t0 + 1);
   const x = (t) => LABEL_W + ((t - t0) / (t1 - t0)) * (W - LABEL_W - 10);
   const height = TOP + lanes.length * LANE + AXIS;
   const root = svg("svg", { viewBox: `0 0 ${W} ${height}`, class: "timeline", role: "img",
@@ -43,8 +43,14 @@ export function drawTimeline(leases) {
     const label = `epoch ${lease.epoch} · ${steps(lease)} · ${lease.outcome}`;
     const bar = svg("rect", { class: `lease-bar ${lease.outcome}`, x: left, y, width, height: LANE - 10, rx: 3,
       "data-epoch": lease.epoch, "data-worker": lease.worker_id, "data-outcome": lease.outcome },
-      svg("title", {}, `${lease.worker_id}: ${label}, ${when(lease.granted_at)} – ${lease.ended_at ? when(lease.ended_at) : "now"}`));
+      svg("title", {}, `${lease.worker_id}: ${label}, ${when(lease.granted_at)} – ${lease.ended_at ? when(lease.ended_at) : "now"}`
+        + (lease.fenced_at ? `; its holder was fenced off at ${when(lease.fenced_at)}` : "")));
     root.append(bar);
+    if (lease.fenced_at) {
+      const fx = x(Math.min(lease.fenced_at, t1));
+      root.append(svg("line", { class: "fenced-mark", x1: fx, x2: fx, y1: y - 3, y2: y + LANE - 7, "data-epoch": lease.epoch },
+        svg("title", {}, `${lease.worker_id} called after its lease ended and was fenced off (${when(lease.fenced_at)})`)));
+    }
     if (width > label.length * 6.2) root.append(svg("text", { class: "bar-label", x: left + 6, y: y + 14 }, label));
     else if (width > 40) root.append(svg("text", { class: "bar-label", x: left + 4, y: y + 14 }, `e${lease.epoch}`));
   }
@@ -74,11 +80,12 @@ export function leaseTable(leases) {
     el("td", {}, when(lease.granted_at)),
     el("td", {}, lease.ended_at ? when(lease.ended_at) : "holding"),
     el("td", { class: "num" }, duration(ended(lease) - lease.granted_at)),
-    el("td", {}, el("span", { class: `badge ${badgeClass(lease.outcome)}` }, lease.outcome)),
+    el("td", {}, el("span", { class: `badge ${badgeClass(lease.outcome)}` }, lease.outcome),
+      lease.fenced_at ? el("span", { class: "muted" }, ` (holder fenced off at ${when(lease.fenced_at)})`) : null),
     el("td", {}, steps(lease))));
   return el("table", { class: "lease-table" }, el("thead", {}, head), el("tbody", {}, ...rows));
 }
 
 function badgeClass(outcome) {
-  return { expired: "preempted", fenced: "failed", superseded: "cancelled", unknown: "pending" }[outcome] || outcome;
+  return { expired: "preempted", fenced: "failed", unknown: "pending" }[outcome] || outcome;
 }
