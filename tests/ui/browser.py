@@ -4,8 +4,6 @@ by Selenium, and the few waits and reads the dashboard tests share."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,12 +11,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from relay_testkit.dashboard import CHROMEDRIVER, CHROMIUM, chromium_session
 from relay_testkit.wait import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 MISSING = (
     None
     if CHROMIUM and CHROMEDRIVER
@@ -29,36 +26,10 @@ T = TypeVar("T")
 
 
 def chromium() -> Iterator[Any]:
-    """One headless browser (a module-scoped fixture body): quits at teardown."""
+    """One headless browser (a module-scoped fixture body), or a skip saying what is missing."""
     if MISSING:
         pytest.skip(MISSING)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="relay-ui-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # tests run as root in CI
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1440,1000",
-        "--force-device-scale-factor=1",
-        f"--user-data-dir={profile}",
-        "--no-first-run",
-        "--disable-extensions",
-        "--disable-background-networking",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    yield from chromium_session()
 
 
 def until(driver: Any, cond: Callable[[], T], what: str, timeout_s: float = 20.0) -> T:
@@ -138,45 +109,3 @@ def run_or_none(url: str, run_id: str, secret: str | None) -> dict[str, Any] | N
         if exc.code == 404:
             return None
         raise
-
-
-def seed_runs(url: str, count: int, *, running: int, preempted: int, completed: int) -> float:
-    """Submit ``count`` runs through the API, then have pods take some of them; returns the seconds it took.
-
-    Runs 0..running-1 end up held (running), the next ``preempted`` handed back as preempted, the next
-    ``completed`` completed; the rest wait (pending)."""
-    import asyncio
-    import time
-
-    from relay.client import CommanderClient
-    from relay.schema import AcquireRequest, ReleaseRequest, RunSpec
-
-    async def seed() -> None:
-        async with CommanderClient(url, timeout_s=30) as client:
-            names = [f"run-{i:04d}" for i in range(count)]
-            for start in range(0, count, 100):
-                batch = names[start : start + 100]
-                await asyncio.gather(
-                    *(client.submit_run(RunSpec(run_id=n, priority=i % 7)) for i, n in enumerate(batch))
-                )
-
-            async def take(i: int, outcome: str | None) -> None:
-                grant = await client.acquire(AcquireRequest(run_id=names[i], worker_id=f"pod-{i % 40:02d}"))
-                if outcome is not None:
-                    await client.release(
-                        ReleaseRequest(
-                            run_id=names[i],
-                            worker_id=f"pod-{i % 40:02d}",
-                            lease_id=grant.lease_id,
-                            epoch=grant.epoch,
-                            outcome=outcome,
-                            step=i,
-                        )
-                    )
-
-            plan = [None] * running + ["preempted"] * preempted + ["completed"] * completed
-            await asyncio.gather(*(take(i, outcome) for i, outcome in enumerate(plan)))
-
-    started = time.monotonic()
-    asyncio.run(seed())
-    return time.monotonic() - started

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,11 @@ QUEUE_DEPTH = 32
 VOLATILE = ("last_renew_age_s", "lease_expires_at")
 
 
+def sse_frame(event: str, data: Any) -> bytes:
+    """One server-sent event; JSON never contains a raw newline, so ``data`` is one line."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
 @dataclass
 class RunsChange:
     """What changed between two ticks: runs to (re)draw, runs gone, and the commander's clock."""
@@ -41,6 +48,11 @@ class RunsChange:
 
     def message(self) -> dict[str, Any]:
         return {"full": self.full, "runs": self.runs, "removed": self.removed, "now": self.now}
+
+    @functools.cached_property
+    def frame(self) -> bytes:
+        """The ``runs`` SSE message, serialised once however many streams send it."""
+        return sse_frame("runs", self.message())
 
     def changed_ids(self) -> set[str]:
         return {run["run_id"] for run in self.runs}
@@ -54,10 +66,6 @@ class Subscription:
     dropped: bool = False
 
 
-def _key(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in run.items() if k not in VOLATILE}
-
-
 class RunsFeed:
     """Polls ``snapshot()`` every ``tick_s`` while anyone listens and fans the differences out."""
 
@@ -65,8 +73,9 @@ class RunsFeed:
         self._snapshot = snapshot
         self.tick_s = tick_s
         self._subs: set[Subscription] = set()
-        self._last: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # run id -> (stable, moving)
         self._last_now = 0.0
+        self._full: RunsChange | None = None
         self._task: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
 
@@ -81,8 +90,10 @@ class RunsFeed:
             self._task = asyncio.get_running_loop().create_task(self._run())
         sub = Subscription()
         self._subs.add(sub)
-        full = RunsChange(runs=list(self._last.values()), removed=[], now=self._last_now, full=True)
-        return sub, full
+        if self._full is None:  # one snapshot (and one serialisation) for every tab that opens in a tick
+            runs = [{**stable, **moving} for stable, moving in self._last.values()]
+            self._full = RunsChange(runs=runs, removed=[], now=self._last_now, full=True)
+        return sub, self._full
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
@@ -98,12 +109,17 @@ class RunsFeed:
     def _take(self) -> RunsChange:
         """Read the runs now and return what differs from the previous read."""
         listing = self._snapshot()
-        current = {run.run_id: run.model_dump(mode="json") for run in listing.runs}
-        changed = [
-            run for rid, run in current.items() if rid not in self._last or _key(self._last[rid]) != _key(run)
-        ]
+        current: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        changed = []
+        for run in listing.runs:
+            stable = run.model_dump(mode="json")
+            moving = {name: stable.pop(name) for name in VOLATILE}
+            current[run.run_id] = (stable, moving)
+            previous = self._last.get(run.run_id)
+            if previous is None or previous[0] != stable:
+                changed.append({**stable, **moving})
         removed = [rid for rid in self._last if rid not in current]
-        self._last, self._last_now = current, listing.now
+        self._last, self._last_now, self._full = current, listing.now, None
         return RunsChange(runs=changed, removed=removed, now=listing.now)
 
     async def _run(self) -> None:

@@ -21,8 +21,8 @@ DETAIL_METRICS = 2000
 
 
 def run_list(api: CommanderApi) -> RunList:
-    """Every run, as ``GET /api/runs`` answers."""
-    return RunList(runs=api.leases.list_summaries(), now=time.time())
+    """Every run, as ``GET /api/runs`` answers (built without revalidating the summaries)."""
+    return RunList.model_construct(runs=api.leases.list_summaries(), now=time.time())
 
 
 def run_detail(api: CommanderApi, run_id: str) -> RunDetail:

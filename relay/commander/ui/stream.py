@@ -18,13 +18,13 @@ simplest with the loop in view.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from relay.commander.ui import source
 from relay.commander.ui.feed import RunsFeed, Subscription
+from relay.commander.ui.feed import sse_frame as frame
 
 if TYPE_CHECKING:
     from relay.commander.app import CommanderApi
@@ -33,11 +33,6 @@ KEEPALIVE_S = 15.0
 LOG_PAGE = 500
 APPENDED = ("events", "metrics_history")
 LIMITS = {"events": source.DETAIL_EVENTS, "metrics_history": source.DETAIL_METRICS}
-
-
-def frame(event: str, data: Any) -> bytes:
-    """One SSE message; JSON never contains a raw newline, so ``data`` is one line."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def appended(previous: list[Any], current: list[Any], limit: int) -> list[Any] | None:
@@ -115,7 +110,7 @@ async def serve_stream(
     follower = RunFollower(api, run_id) if run_id else None
     try:
         if follower is None:
-            await response.write(b"retry: 2000\n\n" + frame("runs", full.message()))
+            await response.write(b"retry: 2000\n\n" + full.frame)
         else:
             await response.write(b"retry: 2000\n\n")
             if not await _send_run(response, follower, full.now):
@@ -148,7 +143,7 @@ async def _pump(
             change = getter.result()
             if follower is None:
                 if change.runs or change.removed:
-                    await response.write(frame("runs", change.message()))
+                    await response.write(change.frame)
             elif follower.run_id in change.changed_ids() or follower.run_id in change.removed:
                 if not await _send_run(response, follower, change.now):
                     return
