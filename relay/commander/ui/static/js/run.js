@@ -88,31 +88,45 @@ class RunPage {
     this.events.body.replaceChildren(run.events.length ? eventsTable(run.events) : el("p", { class: "empty" }, "No events."));
   }
 
-  drawHead(run) {
-    const cancel = el("button", { type: "button", class: "danger", id: "cancel-run", disabled: CLOSED.has(run.status) || run.cancel_requested },
-      run.cancel_requested && !CLOSED.has(run.status) ? "Cancelling…" : "Cancel run");
-    cancel.addEventListener("click", () => this.dialog.showModal());
-    const fact = (label, value, id) => el("div", {}, el("span", {}, label), el("b", { id }, value));
-    const lag = syncLag(run);
-    const restarts = run.max_restarts === null || run.max_restarts === undefined ? String(run.restarts) : `${run.restarts} of ${run.max_restarts}`;
-    this.renewed = fact("Last renew", run.holder ? ago(run.last_renew_at) : dash, "fact-renewed");
+  /** The header is built once and then only its texts change: a click never lands on a replaced button. */
+  buildHead() {
+    this.cancelButton = el("button", { type: "button", class: "danger", id: "cancel-run", disabled: true }, "Cancel run");
+    this.cancelButton.addEventListener("click", () => this.dialog.showModal());
+    this.facts = {};
+    const fact = (label, id) => el("div", {}, el("span", {}, label), (this.facts[id] = el("b", { id: `fact-${id}` }, dash)));
+    this.title = el("h1", { id: "run-title" }, this.runId);
+    this.badge = el("span", { class: "badge", id: "run-status" });
+    this.subtitle = el("span", { class: "muted" });
+    this.detailLine = el("p", { class: "detail-line hidden", id: "run-detail" });
     this.head.replaceChildren(
-      el("div", { class: "run-head" }, el("h1", { id: "run-title" }, run.run_id),
-        el("span", { class: `badge ${run.status}`, id: "run-status" }, run.status),
-        el("span", { class: "muted" }, run.mode ? `${run.mode} · priority ${run.priority}` : ""),
-        el("div", { class: "actions" }, cancel)),
-      el("div", { class: "facts" },
-        fact("Epoch", String(run.epoch), "fact-epoch"), fact("Holder", show(run.holder), "fact-holder"),
-        fact("Step", show(run.step), "fact-step"),
-        fact("Checkpoint", show(run.latest_checkpoint ? run.latest_checkpoint.step : null), "fact-checkpoint"),
-        fact("Remote step", show(run.remote_step), "fact-remote"), fact("Sync lag", show(lag), "fact-lag"),
-        fact("Restarts", restarts, "fact-restarts"), this.renewed,
-        fact("Created", when(run.created_at, true), "fact-created")),
-      run.detail ? el("p", { class: "detail-line" }, run.detail) : "");
+      el("div", { class: "run-head" }, this.title, this.badge, this.subtitle, el("div", { class: "actions" }, this.cancelButton)),
+      el("div", { class: "facts" }, fact("Epoch", "epoch"), fact("Holder", "holder"), fact("Step", "step"),
+        fact("Checkpoint", "checkpoint"), fact("Remote step", "remote"), fact("Sync lag", "lag"),
+        fact("Restarts", "restarts"), fact("Last renew", "renewed"), fact("Created", "created")),
+      this.detailLine);
+  }
+
+  drawHead(run) {
+    if (!this.facts) this.buildHead();
+    this.badge.className = `badge ${run.status}`;
+    this.badge.textContent = run.status;
+    this.subtitle.textContent = run.mode ? `${run.mode} · priority ${run.priority}` : "";
+    const closed = CLOSED.has(run.status);
+    this.cancelButton.disabled = closed || run.cancel_requested;
+    this.cancelButton.textContent = run.cancel_requested && !closed ? "Cancelling…" : "Cancel run";
+    const restarts = run.max_restarts === null || run.max_restarts === undefined ? String(run.restarts) : `${run.restarts} of ${run.max_restarts}`;
+    const values = {
+      epoch: String(run.epoch), holder: show(run.holder), step: show(run.step),
+      checkpoint: show(run.latest_checkpoint ? run.latest_checkpoint.step : null), remote: show(run.remote_step),
+      lag: show(syncLag(run)), restarts, renewed: run.holder ? ago(run.last_renew_at) : dash, created: when(run.created_at, true),
+    };
+    for (const [id, value] of Object.entries(values)) this.facts[id].textContent = value;
+    this.detailLine.textContent = run.detail || "";
+    this.detailLine.classList.toggle("hidden", !run.detail);
   }
 
   tick() {
-    if (this.detail?.holder) this.renewed.querySelector("b").textContent = ago(this.detail.last_renew_at);
+    if (this.detail?.holder) this.facts.renewed.textContent = ago(this.detail.last_renew_at);
   }
 }
 

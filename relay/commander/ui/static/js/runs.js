@@ -98,7 +98,13 @@ class RunsTable {
     entry.run = run;
     entry.tr.dataset.status = run.status;
     const values = cells(run);
-    for (const [key, td] of Object.entries(entry.tds)) td.replaceChildren(values[key]);
+    for (const [key, td] of Object.entries(entry.tds)) {
+      const value = values[key];
+      const signature = typeof value === "string" ? value : value.outerHTML;
+      if (td.relaySignature === signature) continue; // unchanged: leave the node (and a click on it) alone
+      td.replaceChildren(value);
+      td.relaySignature = signature;
+    }
     const lag = syncLag(run);
     entry.tds.lag.classList.toggle("lag-warn", lag !== null && lag > 0);
   }
