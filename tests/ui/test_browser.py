@@ -267,6 +267,31 @@ def test_a_handoff_shows_two_bars_and_the_loss_curve_across_pods(
     screenshot(driver, "runs-page")
 
 
+def test_an_rl_run_draws_reward_and_kl(driver: Any, cmd: Any) -> None:
+    grant = api(
+        cmd.url, "/api/lease/acquire", SECRET, {"run_id": "rl-1", "worker_id": "pod-rl", "mode": "rl"}
+    )
+    lease = {"worker_id": "pod-rl", "lease_id": grant["lease_id"], "epoch": grant["epoch"]}
+    for step in range(1, 9):
+        metrics = {"reward": 0.1 * step, "kl": 0.002 * step, "loss": 1.0 / step, "learning_rate": 1e-5}
+        api(cmd.url, "/api/runs/rl-1/report", SECRET, {**lease, "step": step, "metrics": metrics})
+    log_in(driver, cmd)
+    driver.get(cmd.url + "/ui/runs/rl-1")
+    shown = "return [...document.querySelectorAll('.chart')].map(c => c.dataset.metric)"
+    until(
+        driver,
+        lambda: driver.execute_script(shown) == ["loss", "learning_rate", "reward", "kl"],
+        "the RL curves",
+    )
+    for metric in ("reward", "kl"):
+        points = driver.execute_script(
+            f"return document.querySelector('.chart[data-metric=\"{metric}\"] polyline').points.numberOfItems"
+        )
+        assert points == 8, metric
+    api(cmd.url, "/api/lease/release", SECRET, {**lease, "run_id": "rl-1", "outcome": "completed", "step": 8})
+    until(driver, lambda: text_of(driver, "#run-status") == "completed", "the release to show")
+
+
 def test_a_thousand_runs_render_and_filter(driver: Any, tmp_path: Path) -> None:
     """1,000 runs on the runs page; the render time is printed (and kept in artifacts/), never asserted."""
     with CommanderProcess(tmp_path / "big.db") as big:  # no secret: the dashboard opens without a login
