@@ -261,6 +261,8 @@ def test_a_handoff_shows_two_bars_and_the_loss_curve_across_pods(
     assert origins == {("pod-a", "1"), ("pod-b", "2")}, origins
     assert "synced to the remote" in text_of(driver, "#final-export")
     assert css(driver, "#ckpt-table tbody tr")
+    console = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not [m for m in console if "Content Security Policy" in m or "Uncaught" in m], console
     screenshot(driver, "run-page-handoff")
     driver.get(cmd.url + "/ui/")
     until(driver, lambda: css(driver, '.run-row[data-run-id="relay-1"]'), "the runs page")
