@@ -96,6 +96,23 @@ async def test_a_run_page_stream_sends_the_detail_then_what_was_appended_and_the
     assert [entry["line"] for entry in logs["lines"]] == ["step 3 loss 1.5"]
 
 
+async def test_a_reconnecting_run_page_gets_only_the_log_lines_it_has_not_shown(client):
+    me = await open_session(client)
+    status, grant = await acquire(client, "r2", "pod-1")
+    lines = [{"ts": float(i), "stream": "stdout", "line": f"line {i}"} for i in range(3)]
+    await report(client, grant, "pod-1", step=1, log_tail=lines)
+    events = await open_stream(client, me, "r2")
+    first = await events.until("logs")
+    assert [entry["line"] for entry in first["lines"]] == ["line 0", "line 1", "line 2"]
+    events.resp.close()  # the connection drops (a commander restart, a network blip)
+    await report(client, grant, "pod-1", step=2, log_tail=[{"ts": 9.0, "stream": "stderr", "line": "line 3"}])
+    path = "/ui/api/stream?run=r2"
+    resp = await client.get(path, headers={**me.cookie, "Last-Event-ID": str(first["next_cursor"])})
+    again = Events(resp)
+    assert (await again.until("run"))["reset"]  # the detail comes whole: the page redraws it
+    assert [entry["line"] for entry in (await again.until("logs"))["lines"]] == ["line 3"]
+
+
 async def test_a_stream_for_a_run_that_does_not_exist_says_so_and_ends(client):
     me = await open_session(client)
     events = await open_stream(client, me, "nobody")

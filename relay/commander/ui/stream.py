@@ -52,11 +52,11 @@ def appended(previous: list[Any], current: list[Any], limit: int) -> list[Any] |
 class RunFollower:
     """What one run page has been sent: the detail's lists and the log cursor."""
 
-    def __init__(self, api: CommanderApi, run_id: str) -> None:
+    def __init__(self, api: CommanderApi, run_id: str, cursor: int = 0) -> None:
         self.api = api
         self.run_id = run_id
         self.sent: dict[str, list[Any]] = {name: [] for name in APPENDED}
-        self.cursor = 0
+        self.cursor = cursor  # a reconnecting browser's Last-Event-ID: the lines it already shows
         self.started = False
 
     def detail_message(self) -> dict[str, Any] | None:
@@ -107,7 +107,7 @@ async def serve_stream(
     )
     await response.prepare(request)
     sub, full = feed.subscribe()
-    follower = RunFollower(api, run_id) if run_id else None
+    follower = RunFollower(api, run_id, _last_event_id(request)) if run_id else None
     try:
         if follower is None:
             await response.write(b"retry: 2000\n\n" + full.frame)
@@ -158,6 +158,17 @@ async def _send_run(response: web.StreamResponse, follower: RunFollower, now: fl
         await response.write(frame("gone", {"run_id": follower.run_id}))
         return False
     chunks = [frame("run", {**message, "now": now})]
-    chunks += [frame("logs", page) for page in follower.log_messages()]
+    # Each log page carries its cursor as the event id: a browser that reconnects (a commander restart, a
+    # network blip) sends it back as Last-Event-ID and gets only the lines it has not shown yet.
+    chunks += [
+        f"id: {page['next_cursor']}\n".encode() + frame("logs", page) for page in follower.log_messages()
+    ]
     await response.write(b"".join(chunks))
     return True
+
+
+def _last_event_id(request: web.Request) -> int:
+    """The log cursor of a reconnecting page: the Last-Event-ID its EventSource sends back, or ``after``
+    when the page opened a new EventSource itself (0: none, or not one of ours)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after", "")
+    return int(raw) if raw.isdigit() and len(raw) < 19 else 0

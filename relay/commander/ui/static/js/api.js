@@ -25,11 +25,14 @@ export async function post(url, body = null, contentType = "text/plain") {
 
 /**
  * Open the tab's one live connection. handlers: {runs, run, logs, gone}, each given the parsed message.
- * The browser reconnects by itself after a network error; a refused stream (logged out) goes to login.
+ * The browser reconnects by itself after a network error (sending the last log cursor as Last-Event-ID);
+ * a refused stream goes to login when the session is gone, else is opened again from resumeAfter().
  */
-export function openStream(runId, handlers) {
-  const url = "/ui/api/stream" + (runId ? `?run=${encodeURIComponent(runId)}` : "");
-  const source = new EventSource(url);
+export function openStream(runId, handlers, resumeAfter = () => 0) {
+  const query = new URLSearchParams();
+  if (runId) query.set("run", runId);
+  if (resumeAfter() > 0) query.set("after", String(resumeAfter())); // the log lines the page already shows
+  const source = new EventSource(`/ui/api/stream${query.size ? `?${query}` : ""}`);
   const live = document.getElementById("live");
   const state = (name, text) => {
     if (live) {
@@ -49,7 +52,7 @@ export function openStream(runId, handlers) {
     if (source.readyState === EventSource.CLOSED) {
       const resp = await fetch("/ui/api/session", { credentials: "same-origin" }).catch(() => null);
       if (resp && resp.status === 401) toLogin();
-      else setTimeout(() => openStream(runId, handlers), 3000);
+      else setTimeout(() => openStream(runId, handlers, resumeAfter), 3000);
     }
   };
   window.relayStream = source; // tests and the curious can see the one connection

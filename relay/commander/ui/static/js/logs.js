@@ -11,10 +11,13 @@ export class LogTail {
     this.empty = el("p", { class: "muted", id: "log-empty" }, "No log lines yet.");
     this.node = el("div", {}, this.box, this.empty);
     this.leases = [];
+    this.cursor = 0; // next_cursor of the last page shown
   }
 
-  /** Append a page of lines (LogsResponse.lines); the pod and epoch come from adapt.lineOrigin. */
-  append(lines) {
+  /** Append a page (LogsResponse); the pod and epoch of each line come from adapt.lineOrigin. */
+  append(page) {
+    const lines = page.lines;
+    this.cursor = Math.max(this.cursor, page.next_cursor);
     if (!lines.length) return;
     const atBottom = this.box.scrollTop + this.box.clientHeight >= this.box.scrollHeight - 4;
     const fragment = document.createDocumentFragment();

@@ -138,12 +138,12 @@ export function start(main, runId) {
       page.update(message);
     },
     logs(message) {
-      page.logs.append(message.lines);
+      page.logs.append(message);
     },
     gone() {
       source.close(); // nothing more will come: do not reconnect
       main.replaceChildren(el("p", { class: "empty", id: "run-gone" }, `There is no run ${runId}. `, el("a", { href: "/ui/" }, "All runs")));
     },
-  });
+  }, () => page.logs.cursor);
   setInterval(() => page.tick(), 1000);
 }
