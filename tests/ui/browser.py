@@ -40,7 +40,15 @@ def until(driver: Any, cond: Callable[[], T], what: str, timeout_s: float = 20.0
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         return f"url {driver.current_url}\npage:\n{body}\nconsole errors: {errors}"
 
-    return wait_for(cond, timeout_s, what, interval_s=0.1, detail=detail)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def settled() -> T | None:
+        try:
+            return cond()
+        except StaleElementReferenceException:  # the page redrew (or navigated) under the check: look again
+            return None
+
+    return wait_for(settled, timeout_s, what, interval_s=0.1, detail=detail)
 
 
 def css(driver: Any, selector: str) -> list[Any]:
