@@ -19,13 +19,14 @@ import logging
 import time
 from typing import Any
 
+from relay.eventnames import REPORTED_EVENTS, WORKER_EVENTS
 from relay.worker.events import EventLog, describe
 from relay.worker.launcher import TrainerLog
 from relay.worker.lease_keeper import Fence
 
 log = logging.getLogger("relay.worker.reporter")
 
-NOT_REPORTED = frozenset({"acquired", "preempted", "completed", "failed", "cancelled", "fenced"})
+NOT_REPORTED = WORKER_EVENTS - REPORTED_EVENTS  # the lease events: the commander records its own
 _MAX_LOG_LINES = 200
 
 
