@@ -38,20 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if len(path) != 1 or not flag:
             continue
         where = f"env {extra['env']}, " if extra.get("env") else ""
+        description = str(field.description).rstrip(".")
         if field.annotation is bool:
-            parser.add_argument(flag, dest=path[0], action="store_true", help=f"{field.description}")
+            parser.add_argument(flag, dest=path[0], action="store_true", help=description)
             continue
-        default = (
-            "none"
-            if field.default is None
-            else f"{field.default:g}"
-            if isinstance(field.default, float)
-            else field.default
-        )
-        shown = "" if "secret" in path[0] else f"default {default}"
-        parser.add_argument(
-            flag, dest=path[0], default=None, help=f"{field.description} ({where}{shown})".replace(", )", ")")
-        )
+        default = field.default
+        shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
+        note = f"{where}default {shown}" if "secret" not in path[0] else where.rstrip(", ")
+        metavar = flag.lstrip("-").upper().replace("-", "_")
+        parser.add_argument(flag, dest=path[0], default=None, metavar=metavar, help=f"{description} ({note})")
 
 
 def resolve_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> CommanderConfig:
