@@ -157,7 +157,7 @@ class LeaseManager:
     # ------------------------------------------------------------------ acquire
 
     def acquire(self, req: AcquireRequest) -> Grant:
-        """Grant a lease per :data:`ACQUIRE_RULES`, creating the run when ``run_id`` is new."""
+        """Grant a lease per ``lease_rules.ACQUIRE_RULES``, creating the run when ``run_id`` is new."""
         row = self._run_to_acquire(req)
         lease = self._live.get(row.run_id)
         decision, holder = decide_acquire(runs.is_closed(row.status), lease, req.worker_id)
