@@ -112,7 +112,7 @@ BAD_ENVS = {
     "remote-s3": ({"HF_REPO": None, "RELAY_REMOTE": "s3://bucket/x"}, "RELAY_REMOTE must start with hf://"),
     "remote-file-relative": ({"HF_REPO": None, "RELAY_REMOTE": "file://rel/x"}, "must start with hf://"),
     "remote-hf-bad": ({"HF_REPO": None, "RELAY_REMOTE": "hf://only"}, "RELAY_REMOTE must be hf://owner/name"),
-    # the worker's rule (relay/remote/url.py) refuses these too: the entrypoint must not let them through
+    # the worker's rule (relay/urls.py) refuses these too: the entrypoint must not let them through
     "remote-hf-dashes": (
         {"HF_REPO": None, "RELAY_REMOTE": "hf://a/b--c"},
         "RELAY_REMOTE must be hf://owner/name",
