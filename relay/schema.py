@@ -308,12 +308,25 @@ class LogsResponse(_Response):
 # --------------------------------------------------------------------------- leases
 
 
+class HeldLease(_Request):
+    """A lease a restarted worker shows to take its own live lease back (see ``AcquireRequest.held_lease``)."""
+
+    lease_id: Annotated[str, Field(min_length=1, max_length=128)]
+    epoch: NonNegInt
+
+
 class AcquireRequest(_Request):
     """Ask for a run's lease; ``run_id`` omitted asks for the oldest run waiting for a worker."""
 
     run_id: Id | None = None
     worker_id: Id
     mode: Mode | None = None
+    held_lease: HeldLease | None = Field(
+        None,
+        description="The lease this worker process held on the run before it restarted (kept on its volume): "
+        "only with it may a worker id take back its own live lease at once; without it a live lease is "
+        "held, whoever asks.",
+    )
 
 
 class AcquireGranted(_Response):
@@ -367,6 +380,12 @@ class ReleaseRequest(_Request):
         description="With outcome failed: false when the failure would repeat on any pod (the trainer "
         "reported a configuration or data error), so the commander does not spend the run's "
         "max_restarts budget handing it out again.",
+    )
+    remote_epoch: NonNegInt | None = Field(
+        None,
+        description="The epoch the run's remote already holds when it is at or above this lease's (the "
+        "remote refused this worker's claim): the commander's next grant jumps past it, so epochs never go "
+        "backwards against storage.",
     )
 
 
