@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from relay.ids import id_problem
-from relay.remote.url import check_repo_id, parse_remote_url
+from relay.urls import check_repo_id, parse_remote_url
 from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
@@ -273,7 +273,7 @@ class WorkerConfig(BaseModel):
     def _check_remote(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        parse_remote_url(v)  # RemoteConfigError is a ValueError: pydantic reports it under the field
+        parse_remote_url(v)  # RemoteURLError is a ValueError: pydantic reports it under the field
         return v.strip()
 
     @field_validator("hf_repo")

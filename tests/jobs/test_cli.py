@@ -226,10 +226,21 @@ def test_logs_prints_the_timeline_and_a_tail(commander, capsys):
     code, out, err = relayctl(capsys, "logs", "logged")
     lines = out.splitlines()
     assert code == 0 and err == "" and len(lines) == 4
-    assert lines[0].endswith(" stdout step 0") and lines[3].endswith(" stderr warning: slow disk")
-    assert ".500 stderr" in lines[3]  # milliseconds of the timestamp
+    # each line names the pod and the lease epoch that printed it
+    assert lines[0].endswith(" pod-1/e1 stdout step 0") and lines[3].endswith(
+        " pod-1/e1 stderr warning: slow disk"
+    )
+    assert ".500 pod-1/e1" in lines[3]  # milliseconds of the timestamp
     code, out, _ = relayctl(capsys, "logs", "logged", "--tail", "1", "--json")
-    assert code == 0 and [json.loads(x)["line"] for x in out.splitlines()] == ["warning: slow disk"]
+    assert code == 0 and [json.loads(x) for x in out.splitlines()] == [
+        {
+            "ts": 1_700_000_003.5,
+            "stream": "stderr",
+            "line": "warning: slow disk",
+            "worker_id": "pod-1",
+            "epoch": 1,
+        }
+    ]
     code, _, err = relayctl(capsys, "logs", "missing")
     assert code == 1 and err.strip() == "relayctl logs: error: no run missing"
 
