@@ -93,7 +93,12 @@ async def test_a_run_page_stream_sends_the_detail_then_what_was_appended_and_the
     assert [e["name"] for e in update["detail"]["events"]] == ["trainer_started"]  # only the new one
     assert [m["metrics"] for m in update["detail"]["metrics_history"]] == [{"loss": 1.5}]
     logs = await events.until("logs")
-    assert [entry["line"] for entry in logs["lines"]] == ["step 3 loss 1.5"]
+    assert [(e["line"], e["worker_id"], e["epoch"]) for e in logs["lines"]] == [
+        ("step 3 loss 1.5", "pod-1", 1)
+    ]
+    assert [(lease["worker_id"], lease["ended"]) for lease in update["detail"]["leases"]] == [
+        ("pod-1", "running")
+    ]
 
 
 async def test_a_reconnecting_run_page_gets_only_the_log_lines_it_has_not_shown(client):

@@ -16,21 +16,22 @@ import asyncio
 import dataclasses
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from relay import __version__
+from relay.commander.errors import RuleError
+from relay.commander.routes import ENDPOINTS
 from relay.commander.ui import guard, source
 from relay.commander.ui.assets import Asset, load_assets, load_template, render
 from relay.commander.ui.feed import RunsFeed
 from relay.commander.ui.guard import Refused
 from relay.commander.ui.sessions import COOKIE, LOGIN_COOKIE, Session, SessionStore, same_token
+from relay.commander.ui.source import Commander
 from relay.commander.ui.stream import serve_stream
+from relay.ctl.submit import SpecFileError, parse_spec
 from relay.ids import id_problem
-
-if TYPE_CHECKING:
-    from relay.commander.app import CommanderApi
 
 LOGIN_FAILURE_DELAY_S = 0.5
 MAX_SPEC_BYTES = 256 * 1024
@@ -60,7 +61,7 @@ def _safe_next(value: object) -> str:
 class Dashboard:
     """The dashboard of one commander: its sessions, files, feed and handlers."""
 
-    def __init__(self, api: CommanderApi) -> None:
+    def __init__(self, api: Commander) -> None:
         self.api = api
         self.auth_required = api.auth.enabled
         self.sessions = SessionStore()
@@ -69,7 +70,7 @@ class Dashboard:
         self.login_page = load_template("login.html")
         self.feed = RunsFeed(lambda: source.run_list(api))
         self.streams = 0
-        cancel = next(ep for ep in _endpoints() if ep.handler == "cancel")
+        cancel = next(ep for ep in ENDPOINTS if ep.handler == "cancel")
         self._cancel = api.wrap(dataclasses.replace(cancel, auth=False))
 
     def routes(self) -> list[web.AbstractRouteDef]:
@@ -245,9 +246,6 @@ class Dashboard:
         return guard.harden(await self._cancel(request))
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
-        from relay.commander.leases import RuleError
-        from relay.ctl.submit import SpecFileError, parse_spec
-
         try:
             await guard.check_csrf(request, self._api_session(request))
             if (request.content_length or 0) > MAX_SPEC_BYTES:
@@ -259,8 +257,8 @@ class Dashboard:
             return _json({"error": "the spec is not UTF-8 text", "code": "bad_spec", "problems": []}, 422)
         try:
             spec = parse_spec(text, "spec", validate_train=request.query.get("validate_train") != "0")
-            row, created = self.api.leases.submit(spec)
-            await self.api.leases.store.committed()
+            row, created = self.api.control.submit(spec)
+            await self.api.store.committed()
         except SpecFileError as exc:
             return _json({"error": str(exc), "code": "bad_spec", "problems": exc.problems}, 422)
         except RuleError as exc:
@@ -269,13 +267,7 @@ class Dashboard:
         return _json(body, 201 if created else 200)
 
 
-def _endpoints() -> tuple[Any, ...]:
-    from relay.commander.app import ENDPOINTS
-
-    return ENDPOINTS
-
-
-def install(app: web.Application, api: CommanderApi) -> Dashboard:
+def install(app: web.Application, api: Commander) -> Dashboard:
     """Add the dashboard's routes to the commander's app (before its catch-all 404)."""
     dashboard = Dashboard(api)
     app.router.add_routes(dashboard.routes())

@@ -8,37 +8,50 @@ call.  This module is the only one in ``relay.commander.ui`` that knows where th
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from relay.schema import LogLine, LogsResponse, RunDetail, RunList
+from aiohttp import web
 
-if TYPE_CHECKING:
-    from relay.commander.app import CommanderApi
+from relay.commander.auth import SharedSecretAuth
+from relay.commander.control import RunControl
+from relay.commander.routes import Endpoint
+from relay.commander.store import Store
+from relay.commander.views import RunViews
+from relay.schema import LogsResponse, RunDetail, RunList
+
+
+class Commander(Protocol):
+    """What the dashboard uses of the commander's API object (``relay.commander.app.CommanderApi``),
+    typed by shape so that the dashboard never imports the app that installs it."""
+
+    auth: SharedSecretAuth
+    views: RunViews
+    control: RunControl
+    store: Store
+
+    def wrap(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]: ...
+
 
 #: How much history the run page asks for: every event and metrics point the store keeps is cheap to send.
 DETAIL_EVENTS = 1000
 DETAIL_METRICS = 2000
+DETAIL_LEASES = 1000
 
 
-def run_list(api: CommanderApi) -> RunList:
+def run_list(api: Commander) -> RunList:
     """Every run, as ``GET /api/runs`` answers (built without revalidating the summaries)."""
-    return RunList.model_construct(runs=api.leases.list_summaries(), now=time.time())
+    return RunList.model_construct(runs=api.views.summaries(), now=time.time())
 
 
-def run_detail(api: CommanderApi, run_id: str) -> RunDetail:
-    """One run with its history, as ``GET /api/runs/{run_id}?events=1000&metrics=2000`` answers.
+def run_detail(api: Commander, run_id: str) -> RunDetail:
+    """One run with its history, as ``GET /api/runs/{run_id}?events=1000&metrics=2000&leases=1000`` answers.
 
-    Raises the lease manager's RunNotFoundError for an unknown run."""
-    return api._detail(run_id, events=DETAIL_EVENTS, metrics=DETAIL_METRICS)
+    Raises RunNotFoundError for an unknown run."""
+    return api.views.detail(run_id, events=DETAIL_EVENTS, metrics=DETAIL_METRICS, leases=DETAIL_LEASES)
 
 
-def log_page(api: CommanderApi, run_id: str, *, after: int, limit: int, tail: int = 0) -> LogsResponse:
-    """A page of the run's log timeline, as ``GET /api/runs/{run_id}/logs`` answers."""
-    row, lines, more = api.leases.log_page(run_id, after=after, limit=limit, tail=tail)
-    return LogsResponse(
-        run_id=run_id,
-        status=row.status,
-        lines=[LogLine.model_construct(ts=line.ts, stream=line.stream, line=line.line) for line in lines],
-        next_cursor=lines[-1].id if lines else after,
-        more=more,
-    )
+def log_page(api: Commander, run_id: str, *, after: int, limit: int, tail: int = 0) -> LogsResponse:
+    """A page of the run's log timeline, each line with its pod and epoch, as ``GET /api/runs/{run_id}/logs``
+    answers."""
+    return api.views.log_page(run_id, after=after, limit=limit, tail=tail)

@@ -18,16 +18,15 @@ simplest with the loop in view.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from relay.commander.errors import RunNotFoundError
 from relay.commander.ui import source
 from relay.commander.ui.feed import RunsFeed, Subscription
 from relay.commander.ui.feed import sse_frame as frame
-
-if TYPE_CHECKING:
-    from relay.commander.app import CommanderApi
+from relay.commander.ui.source import Commander
 
 KEEPALIVE_S = 15.0
 LOG_PAGE = 500
@@ -52,7 +51,7 @@ def appended(previous: list[Any], current: list[Any], limit: int) -> list[Any] |
 class RunFollower:
     """What one run page has been sent: the detail's lists and the log cursor."""
 
-    def __init__(self, api: CommanderApi, run_id: str, cursor: int = 0) -> None:
+    def __init__(self, api: Commander, run_id: str, cursor: int = 0) -> None:
         self.api = api
         self.run_id = run_id
         self.sent: dict[str, list[Any]] = {name: [] for name in APPENDED}
@@ -61,8 +60,6 @@ class RunFollower:
 
     def detail_message(self) -> dict[str, Any] | None:
         """The ``run`` message now, or None when the run does not exist."""
-        from relay.commander.leases import RunNotFoundError
-
         try:
             detail = source.run_detail(self.api, self.run_id).model_dump(mode="json")
         except RunNotFoundError:
@@ -95,7 +92,7 @@ class RunFollower:
 
 
 async def serve_stream(
-    request: web.Request, api: CommanderApi, feed: RunsFeed, run_id: str | None
+    request: web.Request, api: Commander, feed: RunsFeed, run_id: str | None
 ) -> web.StreamResponse:
     """Stream until the tab goes away or the commander shuts down."""
     response = web.StreamResponse(

@@ -10,7 +10,6 @@ export class LogTail {
     this.box = el("div", { class: "logs", id: "log-tail", role: "log", "aria-live": "off" });
     this.empty = el("p", { class: "muted", id: "log-empty" }, "No log lines yet.");
     this.node = el("div", {}, this.box, this.empty);
-    this.leases = [];
     this.cursor = 0; // next_cursor of the last page shown
   }
 
@@ -22,7 +21,7 @@ export class LogTail {
     const atBottom = this.box.scrollTop + this.box.clientHeight >= this.box.scrollHeight - 4;
     const fragment = document.createDocumentFragment();
     for (const line of lines) {
-      const origin = lineOrigin(line, this.leases);
+      const origin = lineOrigin(line);
       fragment.append(el("div", { class: `log-line ${line.stream}`, dataset: { epoch: origin.epoch ?? "", pod: origin.worker_id ?? "" } },
         el("span", { class: "ts" }, `${when(line.ts)} `),
         el("span", { class: "pod" }, `${origin.worker_id ?? "?"} `),

@@ -70,7 +70,6 @@ class RunPage {
       this.detail = next;
     }
     this.leases = leaseHistory(this.detail);
-    this.logs.leases = this.leases;
     this.render();
   }
 

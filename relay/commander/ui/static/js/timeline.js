@@ -87,5 +87,5 @@ export function leaseTable(leases) {
 }
 
 function badgeClass(outcome) {
-  return { expired: "preempted", fenced: "failed", unknown: "pending" }[outcome] || outcome;
+  return { expired: "preempted", fenced: "failed" }[outcome] || outcome;
 }
