@@ -41,7 +41,7 @@ check_id() {
   fi
 }
 
-# The Hub repo rule of relay/remote/url.py (check_repo_id): owner/name, each part 1-96 of
+# The Hub repo rule of relay/urls.py (check_repo_id): owner/name, each part 1-96 of
 # A-Z a-z 0-9 . _ - starting with a letter or digit, and no ".." or "--" anywhere.
 valid_repo() {
   local LC_ALL=C

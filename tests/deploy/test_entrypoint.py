@@ -112,7 +112,7 @@ BAD_ENVS = {
     "remote-s3": ({"HF_REPO": None, "RELAY_REMOTE": "s3://bucket/x"}, "RELAY_REMOTE must start with hf://"),
     "remote-file-relative": ({"HF_REPO": None, "RELAY_REMOTE": "file://rel/x"}, "must start with hf://"),
     "remote-hf-bad": ({"HF_REPO": None, "RELAY_REMOTE": "hf://only"}, "RELAY_REMOTE must be hf://owner/name"),
-    # the worker's rule (relay/remote/url.py) refuses these too: the entrypoint must not let them through
+    # the worker's rule (relay/urls.py) refuses these too: the entrypoint must not let them through
     "remote-hf-dashes": (
         {"HF_REPO": None, "RELAY_REMOTE": "hf://a/b--c"},
         "RELAY_REMOTE must be hf://owner/name",
@@ -309,8 +309,8 @@ REPO_IDS = [
 
 
 def test_shell_repo_rule_agrees_with_the_worker() -> None:
-    """The entrypoint's valid_repo and relay.remote.url.check_repo_id accept exactly the same ids."""
-    from relay.remote.url import RemoteConfigError, check_repo_id
+    """The entrypoint's valid_repo and relay.urls.check_repo_id accept exactly the same ids."""
+    from relay.urls import RemoteURLError, check_repo_id
 
     body = ENTRYPOINT.read_text()
     func = body[body.index("valid_repo() {") : body.index("\n}\n", body.index("valid_repo() {")) + 3]
@@ -319,6 +319,6 @@ def test_shell_repo_rule_agrees_with_the_worker() -> None:
         try:
             check_repo_id(repo_id)
             python_ok = True
-        except RemoteConfigError:
+        except RemoteURLError:
             python_ok = False
         assert (shell == 0) == python_ok, f"{repo_id!r}: shell {'accepts' if shell == 0 else 'refuses'}"
