@@ -36,22 +36,25 @@ from pydantic import (
 )
 
 from relay.ids import id_problem
+from relay.redact import MASK, SECRET_KEYS
 from relay.remote.url import check_repo_id, parse_remote_url
 from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
-#: Keys whose values are never printed: not in logs, not in error messages ("(got ***)").
-SECRET_KEYS = ("hf_token", "relay_shared_secret")
-MASK = "***"
 
 
 class ConfigError(Exception):
-    """A configuration the worker refuses to start with; ``str()`` is one line naming the key."""
+    """A configuration the worker refuses to start with; ``str()`` is one line naming the key.
+
+    ``problems`` holds every problem found (this one first), each a ConfigError of its own, for
+    ``relayctl worker --check``, which prints them all rather than the first.
+    """
 
     def __init__(self, key: str | None, message: str, source: str | None = None) -> None:
         self.key = key
         self.message = message
         self.source = source
+        self.problems: list[ConfigError] = [self]
         where = f" ({source})" if source else ""
         head = f"{key}{where}: " if key else (f"{source}: " if source else "")
         super().__init__(f"config error: {head}{message}".replace("\n", " "))
@@ -285,12 +288,19 @@ class WorkerConfig(BaseModel):
         return v.expanduser().absolute() if v is not None else None
 
     @model_validator(mode="after")
-    def _resolve_hf_repo(self) -> WorkerConfig:
+    def _cross_field_rules(self) -> WorkerConfig:
         if self.hf_repo is not None:
             wanted = f"hf://{self.hf_repo}"
             if self.remote is not None and self.remote != wanted:
                 raise ValueError(f"hf_repo: conflicts with remote={self.remote!r}; set only one of them")
             object.__setattr__(self, "remote", wanted)
+        if self.remote is not None and self.remote.startswith("hf://") and not self.token():
+            # Without a token nothing reaches a private repo: the run would train, then lose every
+            # checkpoint it could not push. Refused here, before a lease is taken.
+            raise ValueError(
+                f"hf_token: required for the remote {self.remote}: set HF_TOKEN to a Hugging Face "
+                "token with write access to it"
+            )
         if self.restart_backoff_max_s < self.restart_backoff_s:
             object.__setattr__(self, "restart_backoff_max_s", self.restart_backoff_s)
         if self.acquire_backoff_max_s < self.acquire_backoff_s:
@@ -384,61 +394,52 @@ def load_config(
             continue
         data[name] = _parse_mapping_env(var, raw) if name == "train" else raw.strip()
         sources[name] = f"env {var}"
-    if "commander_url" not in data or data.get("commander_url") in (None, ""):
-        raise ConfigError("commander_url", "required: set commander_url in the config file or COMMANDER_URL")
+    if data.get("commander_url") in (None, ""):
+        data.pop("commander_url", None)  # reported as missing, with how to set it
     return validate_config(data, sources)
 
 
 def validate_config(data: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> WorkerConfig:
-    """Validate already-merged settings (``sources``: key -> where it came from), raising ConfigError."""
+    """Validate already-merged settings (``sources``: key -> where it came from), raising ConfigError.
+
+    The error's ``str()`` is the first problem, with a count of the others; ``.problems`` has them all.
+    """
     try:
         return WorkerConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise _one_line(exc, sources or {}) from None
+        problems = [_problem(e, sources or {}) for e in exc.errors(include_url=False)]
+        first = problems[0]
+        more = len(problems) - 1
+        if more:
+            first = ConfigError(
+                first.key, f"{first.message} (and {more} more problem{'s' if more > 1 else ''})", first.source
+            )
+        first.problems = problems
+        raise first from None
 
 
-def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    msg = str(first.get("msg", "invalid value"))
+_HOW_TO_SET = {"commander_url": "set commander_url in the config file or COMMANDER_URL"}
+
+
+def _problem(error: Any, sources: Mapping[str, str]) -> ConfigError:
+    """One pydantic error as one ConfigError: the key, where its value came from, what is wrong."""
+    loc = [str(p) for p in error.get("loc", ())]
+    msg = str(error.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     key = ".".join(loc) if loc else None
     if key is None and ": " in msg and msg.split(": ", 1)[0] in WorkerConfig.model_fields:
         key, msg = msg.split(": ", 1)
-    if first.get("type") == "extra_forbidden":
+    if error.get("type") == "extra_forbidden":
         msg = "unknown key (typo? see configs/run.yaml for the keys)"
-    elif first.get("type") == "missing":
-        msg = "required"
+    elif error.get("type") == "missing":
+        msg = f"required: {_HOW_TO_SET[key]}" if key in _HOW_TO_SET else "required"
     elif (
-        "input" in first
-        and first.get("type") not in ("value_error",)
-        and not isinstance(first["input"], dict)
+        "input" in error
+        and error.get("type") not in ("value_error",)
+        and not isinstance(error["input"], dict)
     ):
-        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(first["input"])
+        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(error["input"])
         msg = f"{msg} (got {shown})"
-    more = len(errors) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
     top = loc[0] if loc else (key or "")
     return ConfigError(key, msg, sources.get(top))
-
-
-def env_reference() -> list[dict[str, str]]:
-    """One row per setting: env var, key, default, description (the generated reference's data)."""
-    rows = []
-    names = env_names()
-    for name, field in WorkerConfig.model_fields.items():
-        if field.is_required():
-            default = "(required)"
-        elif field.default_factory is not None:
-            default = "{}" if name == "train" else "(computed)"
-        elif field.default is None:
-            default = "(empty)"
-        else:
-            default = str(field.default)
-        rows.append(
-            {"env": names[name], "key": name, "default": default, "description": field.description or ""}
-        )
-    return rows

@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from relay.ids import ID_PATTERN, INT64_MAX, id_problem
+from relay.redact import MASK
 from relay.remote.base import RemoteConfigError
 from relay.remote.url import REMOTE_PATTERN, parse_remote_url
 
@@ -280,9 +281,6 @@ class RunSpec(_Request):
         if self.callbacks is None or not self.callbacks.auth_header:
             return self
         return self.model_copy(update={"callbacks": self.callbacks.model_copy(update={"auth_header": MASK})})
-
-
-MASK = "***"
 
 
 class CallbackPayload(_Response):

@@ -22,11 +22,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from relay.ids import InvalidIdError, id_problem, validate_id
+from relay.redact import MASK, is_secret_name
 
-MASK = "***"
-SECRET_KEYS = frozenset({"HF_TOKEN", "RELAY_SHARED_SECRET"})
-# Extra --env variables that look like credentials are masked too (WANDB_API_KEY, AWS_SECRET_ACCESS_KEY...).
-_SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_RELAY_ROOT = "/mnt/relay"
 DEFAULT_VOLUME_PATH = "/mnt"
@@ -89,11 +86,6 @@ class WorkerEnv:
         return any(is_secret_name(k) and v for k, v in self.values.items())
 
 
-def is_secret_name(key: str) -> bool:
-    """Whether a variable's value must be masked in printed commands."""
-    return key in SECRET_KEYS or bool(_SECRET_NAME_RE.search(key.upper()))
-
-
 def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every print-*-command shares: what the worker in the pod needs to know."""
     g = parser.add_argument_group("worker settings (flag, else environment variable, else --config)")
@@ -129,8 +121,11 @@ def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> WorkerEnv:
-    """Flags, then ``environ``, then ``--config``; validated by WorkerConfig. Raises DeployError."""
+    """Flags, then ``environ``, then ``--config``; validated by WorkerConfig and held to what a pod
+    needs (:func:`relay.worker.check.pod_requirements`), the rules the pod's entrypoint applies.
+    Raises DeployError."""
     from relay.config import ConfigError, env_names, load_config
+    from relay.worker.check import pod_requirements
 
     merged: dict[str, str] = {k: environ[k] for k in CALLER_ENV if k in environ}
     for dest, (var, _key) in _FLAG_ENV.items():
@@ -151,6 +146,8 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
                 raise DeployError(str(exc)) from None
     try:
         cfg = load_config(args.config, env=merged)
+        for problem in pod_requirements(cfg):
+            raise problem
     except ConfigError as exc:
         raise DeployError(_config_error_line(exc, args)) from None
 
@@ -168,25 +165,10 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         values["WORKER_ID"] = cfg.worker_id
     if cfg.hf_repo is not None:
         values["HF_REPO"] = cfg.hf_repo
-    elif cfg.remote is not None:
-        values["RELAY_REMOTE"] = cfg.remote
     else:
-        raise DeployError(
-            "no checkpoint remote: pass --hf-repo owner/name or --remote hf://owner/name|file:///path "
-            "(or set HF_REPO / RELAY_REMOTE); without one a new pod cannot resume the run"
-        )
-    secret = cfg.secret()
-    if not secret:
-        raise DeployError(
-            "no shared secret: pass --shared-secret or set RELAY_SHARED_SECRET (the commander's --shared-secret)"
-        )
-    values["RELAY_SHARED_SECRET"] = secret
+        values["RELAY_REMOTE"] = str(cfg.remote)
+    values["RELAY_SHARED_SECRET"] = str(cfg.secret())
     token = cfg.token()
-    if cfg.remote is not None and cfg.remote.startswith("hf://"):
-        if not token:
-            raise DeployError(
-                f"no Hugging Face token for {cfg.remote}: pass --hf-token or set HF_TOKEN (write access)"
-            )
     if token:
         values["HF_TOKEN"] = token
 
@@ -210,15 +192,19 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return WorkerEnv(values=_ordered(values), notes=notes)
 
 
+# The flag that gives a setting a rule asks for, where that is not the key's own flag.
+_FIX_FLAG = {"remote": "--hf-repo or --remote", "hf_repo": "--hf-repo or --remote"}
+
+
 def _config_error_line(exc: Any, args: argparse.Namespace) -> str:
-    """The worker's one-line ConfigError, naming the flag when the bad value came from one."""
+    """The worker's one-line ConfigError, naming the flag: the one that gave the bad value, or the
+    one that would give the missing value."""
     key = exc.key or ""
     dest = next((d for d, (_, k) in _FLAG_ENV.items() if k == key), None)
     if dest is not None and getattr(args, dest, None) is not None:
         return f"{_KEY_FLAG[key]}: {exc.message}"
-    if key == "commander_url" and exc.message.startswith("required"):
-        return "no commander: pass --commander-url or set COMMANDER_URL (an address the pod can reach)"
-    return str(exc)
+    flag = _FIX_FLAG.get(key) or _KEY_FLAG.get(key)
+    return f"{exc} (or pass {flag})" if flag else str(exc)
 
 
 def _is_default(cfg: Any, key: str) -> bool:

@@ -53,6 +53,8 @@ def test_defaults_and_shorthands() -> None:
         ({**BASE, "RELAY_REMOTE": "s3://b"}, "remote", "hf://"),
         ({**BASE, "RELAY_REMOTE": "file://relative"}, "remote", "absolute"),
         ({**BASE, "HF_REPO": "a/b", "RELAY_REMOTE": "file:///x"}, "hf_repo", "conflicts"),
+        ({**BASE, "HF_REPO": "a/b"}, "hf_token", "required for the remote hf://a/b: set HF_TOKEN"),
+        ({**BASE, "RELAY_REMOTE": "hf://a/b", "HF_TOKEN": " "}, "hf_token", "required"),
         ({**BASE, "GRACE_S": "-1"}, "grace_s", "greater than 0"),
         ({**BASE, "TRAIN": "[1, 2]"}, "train", "dictionary"),
     ],
@@ -129,3 +131,14 @@ def test_yaml_problems_are_one_line_with_the_position(tmp_path: Path, text: str,
     with pytest.raises(ConfigError) as info:
         load_config(f, env={})
     assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_every_problem_is_listed_for_the_check() -> None:
+    """str() stays one line (the first problem and a count); .problems has each one, in model order."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"RUN_ID": "..", "MODE": "ppo", "GRACE_S": "0"})
+    assert str(info.value).startswith("config error: commander_url: required: set commander_url")
+    assert str(info.value).endswith("(and 3 more problems)")
+    assert [p.key for p in info.value.problems] == ["commander_url", "run_id", "mode", "grace_s"]
+    assert info.value.problems[2].source == "env MODE"
+    assert all("\n" not in str(p) and "more problem" not in str(p) for p in info.value.problems)
