@@ -9,8 +9,6 @@ models of ``relay.schema``, the same ones the commander answers with.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar
 
@@ -105,11 +103,19 @@ class BadRequest(CommanderError):
 class CommanderClient:
     """Async client for one commander.  Use as ``async with CommanderClient(url, secret) as c:``."""
 
-    def __init__(self, base_url: str, secret: str | None = None, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        secret: str | None = None,
+        *,
+        timeout_s: float = 5.0,
+        secret_hint: str = "set RELAY_SHARED_SECRET or pass --secret with the commander's secret",
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"commander URL must start with http:// or https:// (got {base_url!r})")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.secret_hint = secret_hint  # what the caller's user can do about a 401 (flags differ per tool)
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -301,8 +307,7 @@ class CommanderClient:
             return
         if status == 401:
             raise Unauthorized(
-                f"commander at {self.base_url} rejected the shared secret (401): "
-                "set RELAY_SHARED_SECRET (or --secret) to the commander's secret"
+                f"commander at {self.base_url} rejected the shared secret (401): {self.secret_hint}"
             )
         err = self._error(body)
         if status == 404:
@@ -315,31 +320,3 @@ class CommanderClient:
                 status, field, err.error if err else f"commander rejected the request ({status})"
             )
         raise CommanderUnreachable(f"{self.base_url} answered {status}, not a commander answer")
-
-
-async def retry(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    attempts: int,
-    base_delay_s: float,
-    max_delay_s: float,
-    retry_on: tuple[type[BaseException], ...] = (CommanderUnreachable,),
-) -> T:
-    """Call ``fn`` up to ``attempts`` times, sleeping an exponential backoff with jitter between tries.
-
-    The n-th wait is uniformly drawn from [d/2, d] with d = min(max_delay_s,
-    base_delay_s * 2**n): jitter keeps a fleet of workers from retrying in lock
-    step after a commander restart.  Errors not in ``retry_on`` propagate at once;
-    the last error propagates when the attempts run out.
-    """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    for attempt in range(attempts):
-        try:
-            return await fn()
-        except retry_on:
-            if attempt == attempts - 1:
-                raise
-            delay = min(max_delay_s, base_delay_s * (2**attempt))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from relay.backoff import Backoff
 from relay.config import ConfigError, WorkerConfig
 from relay.ids import InvalidIdError
+from relay.schema import ReleaseOutcome
+from relay.worker.lease import Lease
 from relay.worker.lifecycle import (
     EXIT_CODES,
     EXIT_COMMANDER,
@@ -30,10 +31,12 @@ from relay.worker.lifecycle import (
     EXIT_OK,
     TRANSITIONS,
     IllegalTransition,
+    Lifecycle,
     Outcome,
     State,
 )
 from relay.worker.session import RunSession
+from relay.worker.signals import StopSignals
 
 if TYPE_CHECKING:
     from relay.client import CommanderClient
@@ -58,6 +61,9 @@ __all__ = [
 log = logging.getLogger("relay.worker")
 S = State
 
+#: an idle pool worker says it still waits at most this often (the first "no waiting run" is said at once)
+IDLE_NOTE_EVERY_S = 300.0
+
 
 class Agent:
     """Carries runs for one pod until there is nothing left to do; ``await run()`` returns the exit code."""
@@ -65,69 +71,36 @@ class Agent:
     def __init__(self, cfg: WorkerConfig, *, client: CommanderClient | None = None) -> None:
         self.cfg = cfg
         self._client = client
-        self.state = S.IDLE
-        self.history: list[tuple[float, State]] = [(time.time(), S.IDLE)]
-        self.stop_requested: asyncio.Event | None = None
-        self.force_requested: asyncio.Event | None = None
-        self.signal_name: str | None = None
-        self.stop_at: float | None = None  # monotonic time of the first SIGTERM/SIGINT
-        self.session: RunSession | None = None
+        self.lifecycle = Lifecycle()
+        self.signals: StopSignals | None = None
+        self.acquire_backoff = Backoff(cfg.acquire_backoff_s, cfg.acquire_backoff_max_s)
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
 
     def goto(self, new: State) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise IllegalTransition(f"worker state cannot go from {self.state.value} to {new.value}")
-        log.debug("state %s -> %s", self.state.value, new.value)
-        self.state = new
-        self.history.append((time.time(), new))
-
-    # -- signals --------------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int) -> None:
-        assert self.stop_requested is not None and self.force_requested is not None
-        name = signal.Signals(signum).name
-        if not self.stop_requested.is_set():
-            self.signal_name = name
-            self.stop_at = time.monotonic()
-            log.warning(
-                "%s: stopping the trainer gracefully (up to %gs), then handing the run on",
-                name,
-                self.cfg.grace_s,
-            )
-            self.stop_requested.set()
-        else:
-            log.warning("%s again: killing the trainer now and releasing without waiting", name)
-            self.force_requested.set()
-
-    def _install_signals(self) -> list[int]:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
-                pass
-        return installed
+        self.lifecycle.goto(new)
 
     # -- main loop ------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.stop_requested = asyncio.Event()
-        self.force_requested = asyncio.Event()
-        installed = self._install_signals()
+        self.signals = StopSignals(self.cfg.grace_s)
+        self.signals.install()
         try:
             if self._client is not None:
                 return await self._run(self._client)
             from relay.client import CommanderClient
 
-            async with CommanderClient(self.cfg.commander_url, self.cfg.secret()) as client:
+            async with CommanderClient(
+                self.cfg.commander_url, self.cfg.secret(), secret_hint=SECRET_HINT
+            ) as client:
                 return await self._run(client)
         finally:
-            loop = asyncio.get_running_loop()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            self.signals.uninstall()
 
     async def _run(self, client: CommanderClient) -> int:
+        assert self.signals is not None
         pool = self.cfg.run_id is None
         self.goto(S.ACQUIRING)
         while True:
@@ -137,33 +110,73 @@ class Agent:
                 return got
             grant, sent_at = got
             try:
-                session = RunSession(self, client, grant, sent_at)
+                lease = Lease.from_grant(grant, worker_id=self.cfg.worker_id, sent_at=sent_at)
+                session = RunSession(self.cfg, client, lease, signals=self.signals, lifecycle=self.lifecycle)
             except InvalidIdError as exc:  # a run id no commander may grant: touch nothing on the volume
                 print(f"relay worker: the commander granted an unusable run id: {exc}", file=sys.stderr)
                 self.goto(S.DONE)
                 return EXIT_COMMANDER
             except ConfigError as exc:  # the run's spec does not make a valid configuration
-                outcome = await _release_unusable(self, client, grant, str(exc))
+                outcome = await _release_unusable(self.cfg, client, grant, str(exc))
                 if not pool:
                     return outcome
                 continue
-            self.session = session
-            outcome = await session.run()
-            self.session = None
+            self.signals.holding_run = True
+            try:
+                outcome = await session.run()
+            finally:
+                self.signals.holding_run = False
             if outcome.exit_code == EXIT_FENCED or outcome.release is None:
                 self.goto(S.DONE)
                 return outcome.exit_code
-            if not pool or self.stop_requested.is_set() or outcome.release == "preempted":
+            if not pool or self.signals.stopping or outcome.release is ReleaseOutcome.preempted:
                 self.goto(S.DONE)
                 return outcome.exit_code
-            log.info("run %s ended (%s); asking for the next waiting run", grant.run_id, outcome.release)
+            log.info(
+                "run %s ended (%s); asking for the next waiting run", grant.run_id, outcome.release.value
+            )
             self.goto(S.ACQUIRING)
 
     async def _acquire(self, client: CommanderClient) -> tuple[AcquireGranted, float] | int:
         """A grant (and the monotonic time its request was sent), or the exit code to end with."""
+        from relay.client import CommanderError
+        from relay.schema import AcquireRequest
+
+        signals = self.signals
+        assert signals is not None
+        cfg = self.cfg
+        req = AcquireRequest(run_id=cfg.run_id, worker_id=cfg.worker_id, mode=cfg.mode)
+        refusals = _Refusals(cfg, self.acquire_backoff)
+        while True:
+            if signals.stopping:
+                print(f"relay worker: {signals.name} before a run was acquired; exiting", file=sys.stderr)
+                return EXIT_OK
+            sent = time.monotonic()
+            try:
+                return await client.acquire(req), sent
+            except CommanderError as exc:
+                verdict = refusals.after(exc)
+            if isinstance(verdict, int):
+                return verdict
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(signals.stop_requested.wait(), timeout=verdict)
+
+
+class _Refusals:
+    """What an acquire that did not grant means: wait this long and ask again (a float), or end the worker
+    with this exit code (an int).  Holds the backoff count, the idle time and the unreachable time."""
+
+    def __init__(self, cfg: WorkerConfig, backoff: Backoff) -> None:
+        self.cfg = cfg
+        self.backoff = backoff
+        self.attempt = 0
+        self.unreachable_since: float | None = None
+        self.idle = _IdleNotes()
+        self.what = f"run {cfg.run_id}" if cfg.run_id else f"the next waiting {cfg.mode} run"
+
+    def after(self, exc: Exception) -> float | int:
         from relay.client import (
             BadRequest,
-            CommanderError,
             CommanderUnreachable,
             LeaseHeld,
             NotFound,
@@ -171,82 +184,79 @@ class Agent:
             RunClosed,
             Unauthorized,
         )
-        from relay.schema import AcquireRequest
 
-        assert self.stop_requested is not None
         cfg = self.cfg
-        req = AcquireRequest(run_id=cfg.run_id, worker_id=cfg.worker_id, mode=cfg.mode)
-        attempt = 0
-        unreachable_since: float | None = None
-        idle_since: float | None = None
-        what = f"run {cfg.run_id}" if cfg.run_id else f"the next waiting {cfg.mode} run"
-        while True:
-            if self.stop_requested.is_set():
-                print(f"relay worker: {self.signal_name} before a run was acquired; exiting", file=sys.stderr)
-                return EXIT_OK
-            sent = time.monotonic()
-            hint: float | None = None
-            try:
-                grant = await client.acquire(req)
-            except LeaseHeld as exc:
-                unreachable_since = None
-                hint = exc.retry_after_s
-                log.info("%s is held by %s; retrying", what, exc.holder)
-            except RunClosed as exc:
-                print(f"relay worker: {exc}; nothing to do", file=sys.stderr)
-                return EXIT_OK
-            except NoWaitingRun:
-                unreachable_since = None
-                now = time.monotonic()
-                idle_since = idle_since if idle_since is not None else now
-                if cfg.idle_exit_s == 0 or (cfg.idle_exit_s > 0 and now - idle_since >= cfg.idle_exit_s):
-                    print("relay worker: no run is waiting for a worker; exiting", file=sys.stderr)
-                    return EXIT_OK
-                log.info("no waiting run; polling")
-            except Unauthorized as exc:
-                print(f"relay worker: {exc}", file=sys.stderr)
-                return EXIT_COMMANDER
-            except (BadRequest, NotFound) as exc:
-                print(f"relay worker: the commander refused the acquire: {exc}", file=sys.stderr)
-                return EXIT_CONFIG
-            except CommanderUnreachable as exc:
-                now = time.monotonic()
-                unreachable_since = unreachable_since if unreachable_since is not None else now
-                if now - unreachable_since >= cfg.commander_wait_s:
-                    print(
-                        f"relay worker: {exc} (gave up after {cfg.commander_wait_s:g}s, commander_wait_s)",
-                        file=sys.stderr,
-                    )
-                    return EXIT_COMMANDER
-                log.warning("%s; retrying", exc)
-            except CommanderError as exc:
-                print(f"relay worker: acquire failed: {exc}", file=sys.stderr)
-                return EXIT_COMMANDER
-            else:
-                return grant, sent
-            delay = min(cfg.acquire_backoff_max_s, cfg.acquire_backoff_s * (2**attempt))
-            if hint is not None and hint > 0:
-                delay = min(delay, hint)
-            delay *= random.uniform(0.5, 1.0)
-            attempt = min(attempt + 1, 30)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_requested.wait(), timeout=delay)
+        hint: float | None = None
+        if isinstance(exc, CommanderUnreachable):
+            now = time.monotonic()
+            self.unreachable_since = self.unreachable_since if self.unreachable_since is not None else now
+            if now - self.unreachable_since >= cfg.commander_wait_s:
+                return _say(
+                    f"{exc} (gave up after {cfg.commander_wait_s:g}s, commander_wait_s)", EXIT_COMMANDER
+                )
+            log.warning("%s; retrying", exc)
+            return self._next(None)
+        self.unreachable_since = None
+        if isinstance(exc, LeaseHeld):
+            hint = exc.retry_after_s
+            log.info("%s is held by %s; retrying", self.what, exc.holder)
+        elif isinstance(exc, RunClosed):
+            return _say(f"{exc}; nothing to do", EXIT_OK)
+        elif isinstance(exc, NoWaitingRun):
+            idle_s = self.idle.waiting()
+            if cfg.idle_exit_s == 0 or (cfg.idle_exit_s > 0 and idle_s >= cfg.idle_exit_s):
+                return _say("no run is waiting for a worker; exiting", EXIT_OK)
+        elif isinstance(exc, Unauthorized):
+            return _say(str(exc), EXIT_COMMANDER)
+        elif isinstance(exc, (BadRequest, NotFound)):
+            return _say(f"the commander refused the acquire: {exc}", EXIT_CONFIG)
+        else:
+            return _say(f"acquire failed: {exc}", EXIT_COMMANDER)
+        return self._next(hint)
+
+    def _next(self, hint: float | None) -> float:
+        delay = self.backoff.delay(self.attempt, at_most_s=hint if hint and hint > 0 else None)
+        self.attempt += 1
+        return delay
 
 
-async def _release_unusable(agent: Agent, client: CommanderClient, grant: AcquireGranted, why: str) -> int:
+def _say(message: str, code: int) -> int:
+    print(f"relay worker: {message}", file=sys.stderr)
+    return code
+
+
+#: what a worker tells its operator to do about a 401 (the worker has no --secret flag: env or config)
+SECRET_HINT = (
+    "set RELAY_SHARED_SECRET (or relay_shared_secret in the worker's config file) to the commander's secret"
+)
+
+
+class _IdleNotes:
+    """An idle pool worker says so once, then only every ``IDLE_NOTE_EVERY_S`` (not on every poll)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self._said_at: float | None = None
+
+    def waiting(self) -> float:
+        """Record one more empty answer; return how long the worker has been idle."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            self._said_at = now
+            log.info("no waiting run; waiting for one to be submitted")
+        elif self._said_at is not None and now - self._said_at >= IDLE_NOTE_EVERY_S:
+            self._said_at = now
+            log.info("still no waiting run (idle for %.0fs)", now - self.since)
+        return now - self.since
+
+
+async def _release_unusable(
+    cfg: WorkerConfig, client: CommanderClient, grant: AcquireGranted, why: str
+) -> int:
     """A grant we cannot act on (its spec is invalid): hand it back as failed, say why."""
-    from relay.schema import ReleaseRequest
-
     print(f"relay worker: run {grant.run_id}: {why}", file=sys.stderr)
+    lease = Lease.from_grant(grant, worker_id=cfg.worker_id, sent_at=time.monotonic())
     with contextlib.suppress(Exception):
-        await client.release(
-            ReleaseRequest(
-                run_id=grant.run_id,
-                worker_id=agent.cfg.worker_id,
-                lease_id=grant.lease_id,
-                epoch=grant.epoch,
-                outcome="failed",
-                detail=why[:8000],
-            )
-        )
+        await client.release(lease.release_request(ReleaseOutcome.failed.value, why))
     return EXIT_CONFIG

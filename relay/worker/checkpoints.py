@@ -14,7 +14,6 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from relay.worker.threads import in_thread
@@ -24,10 +23,10 @@ if TYPE_CHECKING:
     from relay.ckpt.manifest import CommittedCheckpoint
     from relay.remote.base import Remote
     from relay.worker.events import EventLog
-    from relay.worker.launcher import TrainerLog
-    from relay.worker.lease_keeper import Fence
-    from relay.worker.reporter import Reporter
+    from relay.worker.fence import Fence
+    from relay.worker.progress import RunProgress
     from relay.worker.sync_port import SyncPort
+    from relay.worker.trainer_log import TrainerLog
 
 log = logging.getLogger("relay.worker")
 
@@ -44,8 +43,7 @@ class Checkpoints:
         fence: Fence,
         events: EventLog,
         tlog: TrainerLog,
-        reporter: Reporter,
-        on_change: Callable[[], None] | None = None,
+        progress: RunProgress,
     ) -> None:
         self.layout = layout
         self.epoch = epoch
@@ -53,8 +51,7 @@ class Checkpoints:
         self.fence = fence
         self.events = events
         self.tlog = tlog
-        self.reporter = reporter
-        self.on_change = on_change  # after each commit and each sync (the run's state.json)
+        self.progress = progress  # this class writes its ``checkpoint``; the sync port its remote step
         self.remote: Remote | None = None
         self.syncer: SyncPort | None = None
         self.latest: CommittedCheckpoint | None = None  # newest CommittedCheckpoint on the volume
@@ -78,16 +75,15 @@ class Checkpoints:
             epoch=self.epoch,
             remote_keep_last_n=remote_keep_last_n,
             loop=loop,
-            reporter=self.reporter,
             events=self.events,
             fence=self.fence,
-            on_synced=self.on_change,
+            on_synced=self.progress.synced,
         )
 
     def adopt(self, ckpt: CommittedCheckpoint) -> None:
         """``ckpt`` is now the newest checkpoint on the volume (committed here, or recovered)."""
         self.latest = ckpt
-        self.reporter.checkpoint = (ckpt.step, str(ckpt.path), None)
+        self.progress.committed(ckpt.step, str(ckpt.path))
 
     # -- commits --------------------------------------------------------------------------------
 
@@ -143,8 +139,6 @@ class Checkpoints:
         )
         if sync and self.syncer is not None:
             self.syncer.submit(ckpt)
-        if self.on_change is not None:
-            self.on_change()
 
     def clear_staging(self) -> None:
         """Remove what a dead trainer left half-written, so the next one cannot trip over it."""

@@ -14,7 +14,10 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.worker.lease import Lease
 
 log = logging.getLogger("relay.worker.events")
 
@@ -40,13 +43,11 @@ EVENT_NAMES = (
 class EventLog:
     """Appends events for one run held under one epoch; thread-safe (the syncer calls back from its thread)."""
 
-    def __init__(
-        self, path: Path, *, run_id: str, worker_id: str, epoch: int, max_pending: int = 1000
-    ) -> None:
+    def __init__(self, path: Path, lease: Lease, *, max_pending: int = 1000) -> None:
         self.path = path
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.epoch = epoch
+        self.run_id = lease.run_id
+        self.worker_id = lease.worker_id
+        self.epoch = lease.epoch
         self._lock = threading.Lock()
         self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
         self._listeners: list[Any] = []

@@ -26,63 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from relay.worker.fence import Fence
+from relay.worker.lease import Lease
+
 log = logging.getLogger("relay.worker.lease")
-
-
-class Fence:
-    """A one-way switch: once tripped (from any thread), every registered hook runs once and waiters wake."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._hooks: dict[str, Callable[[], Any]] = {}
-        self._event = asyncio.Event()
-        self.reason: str | None = None
-        self.tripped_at: float | None = None
-
-    @property
-    def tripped(self) -> bool:
-        return self.reason is not None
-
-    def set_hook(self, name: str, fn: Callable[[], Any] | None) -> None:
-        """Register what to do on tripping; runs at once if already tripped (closes the launch race)."""
-        with self._lock:
-            if fn is None:
-                self._hooks.pop(name, None)
-                return
-            self._hooks[name] = fn
-            run_now = self.tripped
-        if run_now:
-            _safe(fn)
-
-    def trip(self, reason: str) -> bool:
-        """Fence the worker; True if this call did it. Safe from any thread."""
-        with self._lock:
-            if self.reason is not None:
-                return False
-            self.reason = reason
-            self.tripped_at = time.time()
-            hooks = list(self._hooks.values())
-        log.error("FENCED: %s", reason)
-        for fn in hooks:
-            _safe(fn)
-        try:
-            self._loop.call_soon_threadsafe(self._event.set)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-        return True
-
-    async def wait(self) -> str:
-        await self._event.wait()
-        assert self.reason is not None
-        return self.reason
-
-
-def _safe(fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception:  # pragma: no cover - a hook must never stop the others
-        log.exception("fence hook failed")
 
 
 def effective_margin(ttl_s: float, safety_margin_s: float) -> float:
@@ -96,25 +43,18 @@ class LeaseKeeper:
     def __init__(
         self,
         client: Any,
+        lease: Lease,
         *,
-        run_id: str,
-        worker_id: str,
-        lease_id: str,
-        epoch: int,
-        ttl_s: float,
-        renew_interval_s: float,
         safety_margin_s: float,
         fence: Fence,
-        granted_sent_at: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.lease_id = lease_id
-        self.epoch = epoch
+        self.lease = lease
+        ttl_s = lease.ttl_s
+        granted_sent_at = lease.sent_at
         self.ttl_s = ttl_s
-        self.renew_interval_s = max(0.05, renew_interval_s)
+        self.renew_interval_s = max(0.05, lease.renew_interval_s)
         self._configured_margin_s = safety_margin_s
         self.margin_s = effective_margin(ttl_s, safety_margin_s)
         self.fence = fence
@@ -179,17 +119,10 @@ class LeaseKeeper:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    def _request(self) -> Any:
-        from relay.schema import RenewRequest
-
-        return RenewRequest(
-            run_id=self.run_id, worker_id=self.worker_id, lease_id=self.lease_id, epoch=self.epoch
-        )
-
     async def _renew_loop(self) -> None:
         from relay.client import CommanderError, Fenced
 
-        req = self._request()
+        req = self.lease.renew_request()
         delay = self.renew_interval_s
         while not self._stop.is_set() and not self.fence.tripped:
             await asyncio.sleep(delay)
@@ -224,6 +157,6 @@ class LeaseKeeper:
             self.last_error = None
             self._renewed(sent, float(resp.ttl_s))
             if resp.cancel_requested and not self.cancel_requested.is_set():
-                log.info("the commander asks to cancel run %s", self.run_id)
+                log.info("the commander asks to cancel run %s", self.lease.run_id)
                 self.cancel_requested.set()
             delay = self.renew_interval_s

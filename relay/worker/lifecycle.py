@@ -30,14 +30,22 @@ Like torch.distributed.elastic's ``WorkerState``, the lifecycle is an explicit s
 - FENCED: the lease is lost (409, renewals failing for ttl - margin, or the remote refusing our
   epoch). The trainer was already killed by the fence; commit and sync nothing more; exit 3.
 
-This module is pure data, so the agent (which walks the states) and the run session (which drives
-one lease through them) share it without importing each other.
+This module is pure data plus :class:`Lifecycle`, the one walker of the table: the agent owns it and
+hands it to each run session, so neither imports the other.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.schema import ReleaseOutcome
+
+log = logging.getLogger("relay.worker")
 
 # ------------------------------------------------------------------------------------ exit codes
 
@@ -108,10 +116,25 @@ class IllegalTransition(RuntimeError):
 
 
 @dataclass
+class Lifecycle:
+    """The worker's current state and its history; :meth:`goto` refuses any move not in the table."""
+
+    state: State = State.IDLE
+    history: list[tuple[float, State]] = field(default_factory=lambda: [(time.time(), State.IDLE)])
+
+    def goto(self, new: State) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"worker state cannot go from {self.state.value} to {new.value}")
+        log.debug("state %s -> %s", self.state.value, new.value)
+        self.state = new
+        self.history.append((time.time(), new))
+
+
+@dataclass
 class Outcome:
     """How carrying one run ended: the release outcome (None: nothing released) and the exit code."""
 
-    release: str | None
+    release: ReleaseOutcome | None
     exit_code: int
     detail: str
     step: int | None = None

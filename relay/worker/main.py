@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 
-from relay.config import CONFIG_PATH_ENV, ConfigError, load_config
+from relay.config import CONFIG_PATH_ENV, ConfigError, WorkerConfig, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         AttributeError, ValueError, OSError
     ):  # `kill -USR1 <pid>`: dump every thread's stack
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    logging.getLogger("relay").info("worker %s starting; config %s", cfg.worker_id, cfg.public_dict())
+    logger = logging.getLogger("relay")
+    logger.info("%s", start_line(cfg))
+    logger.debug("full config: %s", cfg.public_dict())
     try:
         code = asyncio.run(Agent(cfg).run())
     except Exception:
@@ -110,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(code)
     return code
+
+
+def start_line(cfg: WorkerConfig) -> str:
+    """The worker's first line: what it will carry, from where, to where (the full config is at debug)."""
+    what = f"run {cfg.run_id}" if cfg.run_id else f"pool mode (the next waiting {cfg.mode} run)"
+    remote = cfg.remote or "no remote (checkpoints stay on this volume)"
+    return (
+        f"worker {cfg.worker_id} starting: {what}, mode {cfg.mode}, commander {cfg.commander_url}, "
+        f"volume {cfg.relay_root}, remote {remote}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

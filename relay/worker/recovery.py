@@ -28,6 +28,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from relay.backoff import Backoff
 from relay.worker.threads import in_thread
 
 if TYPE_CHECKING:
@@ -36,9 +37,12 @@ if TYPE_CHECKING:
     from relay.remote.base import Remote, RemoteState
     from relay.worker.checkpoints import Checkpoints
     from relay.worker.events import EventLog
-    from relay.worker.reporter import Reporter
 
 log = logging.getLogger("relay.worker")
+
+#: reading the remote's state at recovery: a few quick tries, then the error decides
+STATE_READ_BACKOFF = Backoff(base_s=0.5, max_s=4.0)
+STATE_READ_ATTEMPTS = 4
 
 
 def remote_is_newer(local_step: int | None, remote_step: int | None) -> bool:
@@ -55,22 +59,19 @@ async def read_remote_state(remote: Remote) -> RemoteState | None:
     """The remote's state (None: it holds nothing), retrying retryable errors with backoff."""
     from relay.remote.base import RemoteError
 
-    delay = 0.5
-    for attempt in range(4):
+    for attempt in range(STATE_READ_ATTEMPTS):
         try:
             return await in_thread(remote.state)
         except RemoteError as exc:
-            if not getattr(exc, "retryable", False) or attempt == 3:
+            if not getattr(exc, "retryable", False) or attempt == STATE_READ_ATTEMPTS - 1:
                 raise
+            delay = STATE_READ_BACKOFF.delay(attempt, at_least_s=getattr(exc, "retry_after_s", None))
             log.warning("remote state failed (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
-            delay *= 2
     return None
 
 
-async def recover(
-    layout: RunLayout, ckpts: Checkpoints, *, reporter: Reporter, events: EventLog
-) -> CommittedCheckpoint | None:
+async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) -> CommittedCheckpoint | None:
     """Choose the checkpoint to resume from (see the module's rules), make it ``ckpts.latest``, and
     report it; None means a cold start.  Raises when the remote has something but nothing usable and
     the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try)."""
@@ -86,7 +87,8 @@ async def recover(
     if remote is not None:  # rule 3
         state = await read_remote_state(remote)
         remote_step = state.step if state is not None else None
-        reporter.remote_step = remote_step
+        if ckpts.syncer is not None:
+            ckpts.syncer.remote_seen(remote_step)
     if remote is not None and remote_is_newer(local.step if local is not None else None, remote_step):
         from relay.remote.base import RemoteCorruptError
 
@@ -100,7 +102,6 @@ async def recover(
             log.warning("remote unusable (%s); resuming from the local step %d", exc, local.step)
             pulled = None
         if pulled is not None:
-            reporter.step = pulled.step
             ckpts.adopt(pulled)
             events.emit(
                 "resumed",
@@ -113,7 +114,6 @@ async def recover(
             )
             return pulled
     if local is not None:  # rule 5
-        reporter.step = local.step
         ckpts.adopt(local)
         events.emit("resumed", step=local.step, source="local", path=str(local.path), remote_step=remote_step)
         if ckpts.syncer is not None and remote_is_behind(local.step, remote_step):

@@ -19,14 +19,19 @@ import logging
 import time
 from typing import Any
 
+from relay.backoff import Backoff
 from relay.worker.events import EventLog, describe
-from relay.worker.launcher import TrainerLog
-from relay.worker.lease_keeper import Fence
+from relay.worker.fence import Fence
+from relay.worker.lease import Lease
+from relay.worker.progress import RunProgress
+from relay.worker.trainer_log import TrainerLog
 
 log = logging.getLogger("relay.worker.reporter")
 
 NOT_REPORTED = frozenset({"acquired", "preempted", "completed", "failed", "cancelled", "fenced"})
 _MAX_LOG_LINES = 200
+#: retries of a flush before a release: quick, a release is waiting
+FLUSH_BACKOFF = Backoff(base_s=0.05, max_s=0.5, jitter=0.0)
 
 
 def event_message(record: dict[str, Any]) -> str:
@@ -35,16 +40,14 @@ def event_message(record: dict[str, Any]) -> str:
 
 
 class Reporter:
-    """Sends reports every ``interval_s`` and whenever an event is emitted."""
+    """Sends reports every ``interval_s`` and whenever an event is emitted; reads :class:`RunProgress`."""
 
     def __init__(
         self,
         client: Any,
+        lease: Lease,
         *,
-        run_id: str,
-        worker_id: str,
-        lease_id: str,
-        epoch: int,
+        progress: RunProgress,
         events: EventLog,
         trainer_log: TrainerLog,
         fence: Fence,
@@ -52,19 +55,13 @@ class Reporter:
         request_timeout_s: float = 5.0,
     ) -> None:
         self.client = client
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.lease_id = lease_id
-        self.epoch = epoch
+        self.lease = lease
+        self.progress = progress
         self.events = events
         self.trainer_log = trainer_log
         self.fence = fence
         self.interval_s = interval_s
         self.request_timeout_s = request_timeout_s
-        self.step = 0
-        self.metrics: dict[str, float] | None = None
-        self.checkpoint: tuple[int, str, str | None] | None = None
-        self.remote_step: int | None = None
         self.sent = 0
         self.failures = 0
         self._log_seq = 0
@@ -98,7 +95,7 @@ class Reporter:
         Retried, not tried once: a run that completes during a commander blip must not be released with
         the commander still showing its previous checkpoint (found by the chaos soak)."""
         deadline = time.monotonic() + max(0.05, timeout_s)
-        delay = 0.05
+        attempt = 0
         while not self.fence.tripped:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -108,8 +105,8 @@ class Reporter:
                     return True
             except asyncio.TimeoutError:
                 return False
-            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.5)
+            await asyncio.sleep(FLUSH_BACKOFF.delay(attempt, at_most_s=max(0.0, deadline - time.monotonic())))
+            attempt += 1
         return False
 
     async def _run(self) -> None:
@@ -147,43 +144,21 @@ class Reporter:
         from relay.schema import LogLine, ReportRequest
 
         lines = self.trainer_log.since(self._log_seq, limit=_MAX_LOG_LINES)
-        step = self.step
+        progress = self.progress
+        step = progress.step
         if record is not None and isinstance(record.get("step"), int):
             step = max(step, record["step"])
         req = ReportRequest(
-            worker_id=self.worker_id,
-            lease_id=self.lease_id,
-            epoch=self.epoch,
+            **self.lease.report_fields(),
             step=max(0, int(step)),
-            metrics=dict(self.metrics) if self.metrics else None,
-            checkpoint=self._checkpoint_ref(),
-            remote_step=self.remote_step,
+            metrics=dict(progress.metrics) if progress.metrics else None,
+            checkpoint=progress.checkpoint_ref(),
+            remote_step=progress.remote_step,
             event=record["event"] if record is not None else None,
             message=event_message(record) if record is not None else None,
             log_tail=[LogLine(ts=e.ts, stream=e.stream, line=e.line[:16000]) for e in lines] or None,
         )
         return req, (lines[-1].seq if lines else None)
-
-    def _checkpoint_ref(self) -> Any:
-        from relay.schema import CheckpointRef
-
-        if self.checkpoint is None:
-            return None
-        step, path, revision = self.checkpoint
-        return CheckpointRef(step=step, path=path, remote_revision=revision)
-
-    def final_progress(self) -> dict[str, Any]:
-        """Step, checkpoint and remote step for the release: the last word reaches the commander even
-        when the final report did not get through in its time budget."""
-        try:
-            return {
-                "step": max(0, int(self.step)),
-                "checkpoint": self._checkpoint_ref(),
-                "remote_step": self.remote_step,
-            }
-        except Exception as exc:  # a malformed local value must not block the release
-            log.warning("release without final progress: %s", exc)
-            return {}
 
     async def _send(self, record: dict[str, Any] | None) -> bool:
         """One report; True when the commander took it (or refused it for good)."""
@@ -196,7 +171,7 @@ class Reporter:
             return True
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self.client.report(self.run_id, req), timeout=self.request_timeout_s)
+            await asyncio.wait_for(self.client.report(self.lease.run_id, req), timeout=self.request_timeout_s)
         except Fenced as exc:
             self.fence.trip(f"the commander refused a progress report: {exc}")
             return False

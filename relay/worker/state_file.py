@@ -32,8 +32,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay.ckpt.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from relay.worker.lease import Lease
 
 log = logging.getLogger("relay.worker.state")
 
@@ -61,11 +65,11 @@ class RunState:
 class StateFile:
     """Writes one run's ``state.json`` for one lease, off the caller's thread."""
 
-    def __init__(self, path: Path, *, run_id: str, worker_id: str, epoch: int, remote: str | None) -> None:
+    def __init__(self, path: Path, lease: Lease, *, remote: str | None) -> None:
         self.path = path
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.epoch = epoch
+        self.run_id = lease.run_id
+        self.worker_id = lease.worker_id
+        self.epoch = lease.epoch
         self.remote = remote
         self._cond = threading.Condition()
         self._pending: RunState | None = None

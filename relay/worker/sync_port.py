@@ -3,11 +3,11 @@
 The Syncer owns the uploads (one daemon thread, newest wins, retries with backoff).  This adapter
 turns what it reports into the worker's vocabulary, on the worker's event loop:
 
-- ``synced``  -> a ``checkpoint_synced`` event, and the remote step in the next report;
+- ``synced``  -> a ``checkpoint_synced`` event, and ``on_synced(step, revision)`` (the run's progress);
 - ``failed``  -> a ``sync_failed`` event; a non-retryable failure means that step will never land;
 - ``fenced``  -> the remote holds a newer epoch: trip the worker's fence (kill the trainer, stop).
 
-It knows the reporter, the event log and the fence, not the session that owns them.
+It knows the event log and the fence, not the session that owns them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ if TYPE_CHECKING:
     from relay.remote.base import Remote
     from relay.remote.sync import SyncEvent
     from relay.worker.events import EventLog
-    from relay.worker.lease_keeper import Fence
-    from relay.worker.reporter import Reporter
+    from relay.worker.fence import Fence
 
 log = logging.getLogger("relay.worker.sync")
 
@@ -37,14 +36,12 @@ class SyncPort:
         epoch: int,
         remote_keep_last_n: int | None,
         loop: asyncio.AbstractEventLoop,
-        reporter: Reporter,
         events: EventLog,
         fence: Fence,
-        on_synced: Callable[[], None] | None = None,
+        on_synced: Callable[[int | None, str | None], None],
     ) -> None:
         from relay.remote.sync import Syncer
 
-        self.reporter = reporter
         self.events = events
         self.fence = fence
         self.on_synced = on_synced
@@ -63,6 +60,10 @@ class SyncPort:
     def submit(self, ckpt: CommittedCheckpoint) -> bool:
         self._submitted_at.setdefault(ckpt.step, time.monotonic())
         return self.syncer.submit(ckpt)
+
+    def remote_seen(self, step: int | None) -> None:
+        """Recovery read the remote's step: it is what the remote holds until a push of ours lands."""
+        self.on_synced(step, None)
 
     def synced_step(self) -> int | None:
         return self.syncer.last_synced_step
@@ -84,14 +85,11 @@ class SyncPort:
         self.syncer.stop(drain=False, timeout_s=0)
 
     def _on_event(self, ev: SyncEvent) -> None:
-        reporter = self.reporter
         if ev.kind == "synced":
             res = ev.result
             started = self._submitted_at.pop(ev.step, None)
             revision = getattr(res, "revision", None)
-            reporter.remote_step = ev.step
-            if reporter.checkpoint is not None and reporter.checkpoint[0] == ev.step:
-                reporter.checkpoint = (ev.step, reporter.checkpoint[1], revision)
+            self.on_synced(ev.step, revision)  # before the event: the report it triggers carries the step
             self.events.emit(
                 "checkpoint_synced",
                 step=ev.step,
@@ -103,8 +101,6 @@ class SyncPort:
                 attempt=ev.attempt,
                 upload_s=round(time.monotonic() - started, 3) if started is not None else None,
             )
-            if self.on_synced is not None:
-                self.on_synced()
         elif ev.kind == "failed":
             if not ev.retryable and ev.phase == "push" and ev.step is not None:
                 self._gave_up.add(ev.step)

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from relay.backoff import Backoff
+
 OOM_MARKERS = (
     "CUDA out of memory",
     "OutOfMemoryError",
@@ -132,12 +134,12 @@ class Watchdog:
 
 
 class RestartPolicy:
-    """Up to ``max_restarts`` restarts, the n-th after ``backoff_s * 2**(n-1)`` seconds (capped)."""
+    """Up to ``max_restarts`` restarts, the n-th after ``backoff.delay(n - 1)`` seconds (the worker uses the
+    exact doubling sequence: ``restart_backoff_s * 2**(n-1)``, capped at ``restart_backoff_max_s``)."""
 
-    def __init__(self, max_restarts: int, backoff_s: float, backoff_max_s: float) -> None:
+    def __init__(self, max_restarts: int, backoff: Backoff) -> None:
         self.max_restarts = max_restarts
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = backoff
         self.restarts = 0
 
     def next_delay(self) -> float | None:
@@ -145,4 +147,4 @@ class RestartPolicy:
         if self.restarts >= self.max_restarts:
             return None
         self.restarts += 1
-        return min(self.backoff_max_s, self.backoff_s * (2 ** (self.restarts - 1)))
+        return self.backoff.delay(self.restarts - 1)

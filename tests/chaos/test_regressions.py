@@ -12,10 +12,12 @@ from relay.ckpt.layout import RunLayout
 from relay.client import CommanderUnreachable
 from relay.schema import ReportResponse
 from relay.worker.events import EventLog
-from relay.worker.launcher import TrainerLog
-from relay.worker.lease_keeper import Fence
+from relay.worker.fence import Fence
+from relay.worker.progress import RunProgress
 from relay.worker.reporter import Reporter
+from relay.worker.trainer_log import TrainerLog
 from relay_testkit.chaos_cluster import ChaosCluster, ChaosSettings, read_jsonl
+from relay_testkit.leases import make_lease
 from trainer_blackbox.checkpoint import write_complete
 
 
@@ -39,20 +41,20 @@ async def test_the_final_report_before_a_release_outlives_a_commander_blip(tmp_p
     once, the release (retried) succeeded, and the commander showed the run completed at its previous
     checkpoint. The flush now retries within its time budget."""
     client = FlakyCommander(down=3)
-    events = EventLog(tmp_path / "events.jsonl", run_id="r", worker_id="w", epoch=1)
+    progress = RunProgress()
+    events = EventLog(tmp_path / "events.jsonl", make_lease(epoch=1))
     tlog = TrainerLog(tmp_path / "logs", max_bytes=1 << 20, backups=1)
     rep = Reporter(
         client,
-        run_id="r",
-        worker_id="w",
-        lease_id="l",
-        epoch=1,
+        make_lease(epoch=1),
+        progress=progress,
         events=events,
         trainer_log=tlog,
         fence=Fence(asyncio.get_running_loop()),
         interval_s=60,
     )
-    rep.step, rep.checkpoint = 300, (300, "/vol/runs/r/ckpt/step_00000300", None)
+    progress.trained(300)
+    progress.committed(300, "/vol/runs/r/ckpt/step_00000300")
     events.emit("checkpoint_committed", step=300)
     assert await rep.flush(2.0) is True
     assert [r.event.value for r in client.reports] == ["checkpoint_committed"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from relay import client as client_module
 from relay.client import (
     BadRequest,
     CommanderClient,
@@ -17,7 +16,6 @@ from relay.client import (
     NoWaitingRun,
     RunClosed,
     Unauthorized,
-    retry,
 )
 from relay.schema import (
     AcquireRequest,
@@ -156,49 +154,3 @@ def test_every_client_error_is_a_commander_error():
         BadRequest,
     ):
         assert issubclass(exc, CommanderError)
-
-
-async def test_retry_backs_off_with_jitter_and_gives_up(monkeypatch):
-    delays: list[float] = []
-
-    async def fake_sleep(seconds):
-        delays.append(seconds)
-
-    monkeypatch.setattr(client_module.asyncio, "sleep", fake_sleep)
-    calls = 0
-
-    async def flaky():
-        nonlocal calls
-        calls += 1
-        if calls < 4:
-            raise CommanderUnreachable("down")
-        return "ok"
-
-    assert await retry(flaky, attempts=5, base_delay_s=1.0, max_delay_s=3.0) == "ok"
-    assert calls == 4 and len(delays) == 3
-    for delay, cap in zip(delays, (1.0, 2.0, 3.0), strict=True):
-        assert cap / 2 <= delay <= cap
-
-    calls = 0
-    delays.clear()
-
-    async def always_down():
-        nonlocal calls
-        calls += 1
-        raise CommanderUnreachable("down")
-
-    with pytest.raises(CommanderUnreachable):
-        await retry(always_down, attempts=3, base_delay_s=0.1, max_delay_s=1.0)
-    assert calls == 3 and len(delays) == 2
-
-    async def fenced():
-        nonlocal calls
-        calls += 1
-        raise Fenced("gone")
-
-    calls = 0
-    with pytest.raises(Fenced):
-        await retry(fenced, attempts=5, base_delay_s=0.1, max_delay_s=1.0)
-    assert calls == 1  # not retryable: propagates at once
-    with pytest.raises(ValueError):
-        await retry(fenced, attempts=0, base_delay_s=0.1, max_delay_s=1.0)

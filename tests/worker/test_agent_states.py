@@ -7,8 +7,7 @@ import pytest
 from relay.config import ConfigError, load_config
 from relay.schema import RunSpec
 from relay.worker import lifecycle
-from relay.worker.agent import Agent
-from relay.worker.lifecycle import EXIT_CODES, TRANSITIONS, IllegalTransition, State
+from relay.worker.lifecycle import EXIT_CODES, TRANSITIONS, IllegalTransition, Lifecycle, State
 from relay.worker.session import effective_config
 
 HOLDING = {
@@ -46,15 +45,14 @@ def test_every_phase_holding_the_lease_can_be_fenced_and_nothing_else_is() -> No
 @pytest.mark.parametrize("src", list(State))
 def test_goto_walks_the_table(src: State) -> None:
     for dst in State:
-        agent = Agent(cfg())
-        agent.state = src
+        walker = Lifecycle(state=src)
         if dst in TRANSITIONS[src]:
-            agent.goto(dst)
-            assert agent.state is dst and agent.history[-1][1] is dst
+            walker.goto(dst)
+            assert walker.state is dst and walker.history[-1][1] is dst
         else:
             with pytest.raises(IllegalTransition):
-                agent.goto(dst)
-            assert agent.state is src
+                walker.goto(dst)
+            assert walker.state is src
 
 
 def test_exit_codes_are_distinct_and_documented() -> None:

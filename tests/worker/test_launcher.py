@@ -11,7 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from relay.worker.launcher import RotatingLog, TrainerLog, TrainerProcess
+from relay.worker.launcher import TrainerProcess
+from relay.worker.trainer_log import RotatingLog, TrainerLog
 from relay_testkit.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +85,8 @@ WORKER = textwrap.dedent(
     """
     import asyncio, os, sys
     from pathlib import Path
-    from relay.worker.launcher import TrainerLog, TrainerProcess
+    from relay.worker.launcher import TrainerProcess
+    from relay.worker.trainer_log import TrainerLog
 
     async def main():
         tmp = Path(sys.argv[1])

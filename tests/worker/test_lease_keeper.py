@@ -7,7 +7,9 @@ import time
 
 from relay.client import CommanderUnreachable, Fenced
 from relay.schema import RenewResponse
-from relay.worker.lease_keeper import Fence, LeaseKeeper, effective_margin
+from relay.worker.fence import Fence
+from relay.worker.lease_keeper import LeaseKeeper, effective_margin
+from relay_testkit.leases import make_lease
 
 
 class ScriptedClient:
@@ -24,16 +26,7 @@ def keeper(
     client, fence: Fence, *, ttl: float = 1.2, interval: float = 0.2, margin: float = 0.3
 ) -> LeaseKeeper:  # type: ignore[no-untyped-def]
     return LeaseKeeper(
-        client,
-        run_id="r",
-        worker_id="w",
-        lease_id="l",
-        epoch=1,
-        ttl_s=ttl,
-        renew_interval_s=interval,
-        safety_margin_s=margin,
-        fence=fence,
-        granted_sent_at=time.monotonic(),
+        client, make_lease(ttl_s=ttl, renew_interval_s=interval), safety_margin_s=margin, fence=fence
     )
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from relay.client import CommanderUnreachable, Fenced
 from relay.schema import ReportResponse
 from relay.worker.events import EventLog
-from relay.worker.launcher import TrainerLog
-from relay.worker.lease_keeper import Fence
+from relay.worker.fence import Fence
+from relay.worker.progress import RunProgress
 from relay.worker.reporter import Reporter
+from relay.worker.trainer_log import TrainerLog
+from relay_testkit.leases import make_lease
 
 
 class FakeClient:
@@ -26,15 +28,14 @@ class FakeClient:
 
 
 def make(tmp_path: Path, client: FakeClient) -> tuple[Reporter, EventLog, TrainerLog, Fence]:
-    events = EventLog(tmp_path / "events.jsonl", run_id="r", worker_id="w", epoch=2)
+    progress = RunProgress()
+    events = EventLog(tmp_path / "events.jsonl", make_lease(epoch=2))
     tlog = TrainerLog(tmp_path / "logs", max_bytes=1 << 20, backups=1)
     fence = Fence(asyncio.get_running_loop())
     rep = Reporter(
         client,
-        run_id="r",
-        worker_id="w",
-        lease_id="l",
-        epoch=2,
+        make_lease(epoch=2),
+        progress=progress,
         events=events,
         trainer_log=tlog,
         fence=fence,
@@ -46,7 +47,7 @@ def make(tmp_path: Path, client: FakeClient) -> tuple[Reporter, EventLog, Traine
 async def test_events_in_order_with_logs_once_and_retry_after_failure(tmp_path: Path) -> None:
     client = FakeClient()
     rep, events, tlog, fence = make(tmp_path, client)
-    rep.step, rep.metrics = 7, {"loss": 1.5}
+    rep.progress.trained(7, {"loss": 1.5})
     tlog.add("stdout", "hello")
     client.fail = CommanderUnreachable
     events.emit("acquired")  # the commander records this one itself: never reported

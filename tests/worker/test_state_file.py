@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.worker.state_file import StateFile
+from relay_testkit.leases import make_lease
 from relay_testkit.workerproc import WorkerProc
 
 TTL = 3.0
@@ -47,7 +48,7 @@ def wait_state(path: Path, pred: Any, timeout: float = 20.0) -> dict[str, Any]:
 
 def test_writes_are_whole_newest_wins_and_never_replace_a_newer_epoch(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    sf = StateFile(path, run_id="r", worker_id="w1", epoch=2, remote=None)
+    sf = StateFile(path, make_lease("r", "w1", epoch=2), remote=None)
     for step in range(50):
         sf.update(state="supervising", step=step, committed_step=None, synced_step=None)
     assert sf.flush(5.0)
@@ -56,7 +57,7 @@ def test_writes_are_whole_newest_wins_and_never_replace_a_newer_epoch(tmp_path: 
     assert (doc["epoch"], doc["state"], doc["step"], doc["outcome"]) == (2, "supervising", 49, None)
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
 
-    stale = StateFile(path, run_id="r", worker_id="w0", epoch=1, remote=None)  # a fenced predecessor
+    stale = StateFile(path, make_lease("r", "w0", epoch=1), remote=None)  # a fenced predecessor
     stale.update(state="fenced", step=7, committed_step=None, synced_step=None)
     assert stale.flush(5.0)
     assert read_state(path)["worker_id"] == "w1"  # type: ignore[index]

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from relay.worker import progress
+from relay.backoff import Backoff
+from relay.worker import progress_tail as progress
 from relay.worker.events import EventLog, read_events
-from relay.worker.progress import ProgressTail, parse_line
+from relay.worker.progress_tail import ProgressTail, parse_line
 from relay.worker.watchdog import RestartPolicy, Verdict, Watchdog, classify_exit, detect_oom
+from relay_testkit.leases import make_lease
 
 
 class Clock:
@@ -58,9 +60,9 @@ def test_classify_exit_and_oom() -> None:
 
 
 def test_restart_policy_backoff_and_budget() -> None:
-    p = RestartPolicy(3, 1.0, 3.0)
+    p = RestartPolicy(3, Backoff(1.0, 3.0, jitter=0.0))
     assert [p.next_delay(), p.next_delay(), p.next_delay(), p.next_delay()] == [1.0, 2.0, 3.0, None]
-    assert RestartPolicy(0, 1, 1).next_delay() is None
+    assert RestartPolicy(0, Backoff(1, 1, jitter=0.0)).next_delay() is None
 
 
 def test_progress_tail_incremental_partial_and_truncation(tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_progress_tail_incremental_partial_and_truncation(tmp_path: Path) -> Non
 def test_events_file_and_pending_queue(tmp_path: Path) -> None:
     path = tmp_path / "run" / "events.jsonl"
     seen = []
-    ev = EventLog(path, run_id="r", worker_id="w", epoch=4)
+    ev = EventLog(path, make_lease(epoch=4))
     ev.add_listener(seen.append)
     ev.emit("acquired", ttl_s=3)
     ev.emit("resumed", step=10, source="remote", skipped=None)
