@@ -172,15 +172,7 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if token:
         values["HF_TOKEN"] = token
 
-    for item in args.extra_env:
-        key, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME_RE.fullmatch(key):
-            shown = key if sep else "(no '=')"  # never echo a value: it may be a credential
-            raise DeployError(f"--env {shown}: expected KEY=VALUE with KEY a variable name")
-        if key in values or key in names.values():
-            flag = _KEY_FLAG.get(next((k for k, v in names.items() if v == key), ""), "--config")
-            raise DeployError(f"--env {key}=...: {key} is a worker setting, give it with {flag} instead")
-        values[key] = value
+    _add_extra_env(values, args.extra_env, names)
 
     notes = []
     url_host = urlsplit(cfg.commander_url).hostname or ""
@@ -194,6 +186,19 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
 # The flag that gives a setting a rule asks for, where that is not the key's own flag.
 _FIX_FLAG = {"remote": "--hf-repo or --remote", "hf_repo": "--hf-repo or --remote"}
+
+
+def _add_extra_env(values: dict[str, str], extra_env: Iterable[str], names: Mapping[str, str]) -> None:
+    """``--env KEY=VALUE`` items into ``values``: any variable but a worker setting (that has its flag)."""
+    for item in extra_env:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME_RE.fullmatch(key):
+            shown = key if sep else "(no '=')"  # never echo a value: it may be a credential
+            raise DeployError(f"--env {shown}: expected KEY=VALUE with KEY a variable name")
+        if key in values or key in names.values():
+            flag = _KEY_FLAG.get(next((k for k, v in names.items() if v == key), ""), "--config")
+            raise DeployError(f"--env {key}=...: {key} is a worker setting, give it with {flag} instead")
+        values[key] = value
 
 
 def _config_error_line(exc: Any, args: argparse.Namespace) -> str:
