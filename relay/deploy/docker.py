@@ -21,7 +21,7 @@ from relay.deploy.workerenv import (
     shell_join,
     validate_name,
 )
-from relay.remote.url import parse_remote_url
+from relay.urls import parse_remote_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -62,7 +62,17 @@ _LAST = ("RELAY_SHARED_SECRET", "HF_TOKEN")
 
 
 class DeployError(Exception):
-    """Bad input for a print-*-command; ``str()`` is one line a user can act on."""
+    """Bad input for a print-*-command: ``problems`` lists each one as a line a user can act on."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__(problems[0] if len(problems) == 1 else f"{len(problems)} problems")
+
+    def lines(self) -> list[str]:
+        """The problem, or a count followed by one indented line per problem."""
+        if len(self.problems) == 1:
+            return [self.problems[0]]
+        return [f"{len(self.problems)} problems:", *(f"  - {p}" for p in self.problems)]
 
 
 @dataclass
@@ -122,10 +132,9 @@ def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> WorkerEnv:
     """Flags, then ``environ``, then ``--config``; validated by WorkerConfig and held to what a pod
-    needs (:func:`relay.worker.check.pod_requirements`), the rules the pod's entrypoint applies.
-    Raises DeployError."""
-    from relay.config import ConfigError, env_names, load_config
-    from relay.worker.check import pod_requirements
+    needs (:func:`relay.worker.check.pod_requirements`): the rules of the pod's own check, so a
+    printed command cannot start a pod that the image's entrypoint would refuse. Raises DeployError."""
+    from relay.config import env_names
 
     merged: dict[str, str] = {k: environ[k] for k in CALLER_ENV if k in environ}
     for dest, (var, _key) in _FLAG_ENV.items():
@@ -137,21 +146,20 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         merged.pop("RELAY_REMOTE", None)
     if args.remote is not None and args.hf_repo is None:
         merged.pop("HF_REPO", None)
+    problems: list[str] = []
     for dest, what in (("run_id", "--run-id"), ("worker_id", "--worker-id")):
         value = getattr(args, dest, None)
         if value is not None and value != "":
             try:
                 validate_id(value, what)
             except InvalidIdError as exc:
-                raise DeployError(str(exc)) from None
-    try:
-        cfg = load_config(args.config, env=merged)
-        for problem in pod_requirements(cfg):
-            raise problem
-    except ConfigError as exc:
-        raise DeployError(_config_error_line(exc, args)) from None
-
+                problems.append(str(exc))
+                merged.pop(_FLAG_ENV[dest][0], None)  # named once: the config check goes on without it
+    cfg = _load(args, merged, problems)
     names = env_names()
+    if cfg is None:
+        raise DeployError(*problems, *_extra_env(args.extra_env, {}, names))
+
     data = cfg.model_dump(mode="json")
     values: dict[str, str] = {}
     for key in cfg.model_fields_set:
@@ -163,16 +171,10 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     values["MODE"] = cfg.mode  # the entrypoint wants it explicit, even when it is the default
     if args.worker_id is not None:
         values["WORKER_ID"] = cfg.worker_id
-    if cfg.hf_repo is not None:
-        values["HF_REPO"] = cfg.hf_repo
-    else:
-        values["RELAY_REMOTE"] = str(cfg.remote)
-    values["RELAY_SHARED_SECRET"] = str(cfg.secret())
-    token = cfg.token()
-    if token:
-        values["HF_TOKEN"] = token
-
-    _add_extra_env(values, args.extra_env, names)
+    _remote_and_secrets(cfg, values)
+    problems += _extra_env(args.extra_env, values, names)
+    if problems:
+        raise DeployError(*problems)
 
     notes = []
     url_host = urlsplit(cfg.commander_url).hostname or ""
@@ -184,32 +186,75 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return WorkerEnv(values=_ordered(values), notes=notes)
 
 
-# The flag that gives a setting a rule asks for, where that is not the key's own flag.
-_FIX_FLAG = {"remote": "--hf-repo or --remote", "hf_repo": "--hf-repo or --remote"}
+def _remote_and_secrets(cfg: Any, values: dict[str, str]) -> None:
+    """Add the remote, the shared secret and the Hub token to ``values`` (the pod rules hold: a
+    remote and the secret are there, and a token when the remote is hf://)."""
+    if cfg.hf_repo is not None:
+        values["HF_REPO"] = cfg.hf_repo
+    else:
+        values["RELAY_REMOTE"] = cfg.remote
+    values["RELAY_SHARED_SECRET"] = cfg.secret()
+    if cfg.token():
+        values["HF_TOKEN"] = cfg.token()
 
 
-def _add_extra_env(values: dict[str, str], extra_env: Iterable[str], names: Mapping[str, str]) -> None:
-    """``--env KEY=VALUE`` items into ``values``: any variable but a worker setting (that has its flag)."""
-    for item in extra_env:
+def _load(args: argparse.Namespace, merged: dict[str, str], problems: list[str]) -> Any:
+    """The worker's config from ``merged`` (and --config) under the pod rules, or None; every problem
+    goes to ``problems``."""
+    from relay.config import ConfigError, load_config
+    from relay.worker.check import pod_requirements
+
+    try:
+        return load_config(args.config, env=merged, extra=pod_requirements)
+    except ConfigError as exc:
+        problems += _config_error_lines(exc, args)
+        return None
+
+
+def _extra_env(items: list[str], values: dict[str, str], names: dict[str, str]) -> list[str]:
+    """Check and add the --env KEY=VALUE items; returns their problems."""
+    problems = []
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not _ENV_NAME_RE.fullmatch(key):
             shown = key if sep else "(no '=')"  # never echo a value: it may be a credential
-            raise DeployError(f"--env {shown}: expected KEY=VALUE with KEY a variable name")
-        if key in values or key in names.values():
+            problems.append(f"--env {shown}: expected KEY=VALUE with KEY a variable name")
+        elif key in values or key in names.values():
             flag = _KEY_FLAG.get(next((k for k, v in names.items() if v == key), ""), "--config")
-            raise DeployError(f"--env {key}=...: {key} is a worker setting, give it with {flag} instead")
-        values[key] = value
+            problems.append(f"--env {key}=...: {key} is a worker setting, give it with {flag} instead")
+        else:
+            values[key] = value
+    return problems
+
+
+def _config_error_lines(exc: Any, args: argparse.Namespace) -> list[str]:
+    """One line per problem of the worker's ConfigError, each naming its flag when it came from one."""
+    from relay.config import ConfigError
+
+    return [_config_error_line(ConfigError(key, msg, source), args) for key, msg, source in exc.problems]
+
+
+# A setting the worker's rules require, said the printers' way: with the flags that give it.
+_MISSING = {
+    "commander_url": "no commander: pass --commander-url or set COMMANDER_URL (an address the pod can reach)",
+    "remote": "no checkpoint remote: pass --hf-repo owner/name or --remote hf://owner/name|file:///path "
+    "(or set HF_REPO / RELAY_REMOTE); without one a new pod cannot resume the run",
+    "relay_shared_secret": "no shared secret: pass --shared-secret or set RELAY_SHARED_SECRET "
+    "(the commander's --shared-secret)",
+    "hf_token": "no Hugging Face token for the hf:// remote: pass --hf-token or set HF_TOKEN (write access)",
+}
 
 
 def _config_error_line(exc: Any, args: argparse.Namespace) -> str:
-    """The worker's one-line ConfigError, naming the flag: the one that gave the bad value, or the
-    one that would give the missing value."""
+    """The worker's one-line ConfigError, naming the flag that gave the bad value or would give the
+    missing one."""
     key = exc.key or ""
     dest = next((d for d, (_, k) in _FLAG_ENV.items() if k == key), None)
     if dest is not None and getattr(args, dest, None) is not None:
         return f"{_KEY_FLAG[key]}: {exc.message}"
-    flag = _FIX_FLAG.get(key) or _KEY_FLAG.get(key)
-    return f"{exc} (or pass {flag})" if flag else str(exc)
+    if key in _MISSING and exc.message.startswith("required"):
+        return _MISSING[key]
+    return str(exc)
 
 
 def _is_default(cfg: Any, key: str) -> bool:
@@ -294,7 +339,13 @@ def run_printer(
         env = resolve_worker_env(args, os.environ if environ is None else environ)
         text = render(args, env)
     except DeployError as exc:
-        print(f"relayctl {getattr(args, 'command', None) or 'print-command'}: error: {exc}", file=err)
+        first, *rest = exc.lines()
+        print(
+            f"relayctl {getattr(args, 'command', None) or 'print-command'}: error: {first}",
+            *rest,
+            sep="\n",
+            file=err,
+        )
         return 2
     out.write(text if text.endswith("\n") else text + "\n")
     for note in env.notes:

@@ -17,34 +17,35 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
-from relay.config import ConfigError, WorkerConfig, load_config
+from relay.config import ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_PROBLEM = 2
 
 
-def pod_requirements(cfg: WorkerConfig) -> list[ConfigError]:
-    """What a worker on a pod needs beyond a valid config; one ConfigError per missing setting.
+def pod_requirements(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What a worker on a pod needs beyond a valid config: (key, message) per missing setting.
 
-    A worker on a laptop may run without a remote (checkpoints stay local) and against a commander
-    without a secret (on loopback). A pod may not: it is preempted by design and the run resumes on
-    the next pod only from the remote; and a commander that pods reach listens on a network address,
-    which it does only with a shared secret.
+    ``data`` is the merged settings (file and environment) before validation, so these are reported
+    together with the model's own problems. A worker on a laptop may run without a remote
+    (checkpoints stay local) and against a commander without a secret (on loopback). A pod may not:
+    it is preempted by design and the run resumes on the next pod only from the remote; and a
+    commander that pods reach listens on a network address, which it does only with a shared secret.
     """
     problems = []
-    if cfg.remote is None:
+    if not data.get("remote") and not data.get("hf_repo"):
         problems.append(
-            ConfigError(
+            (
                 "remote",
                 "required on a pod: set HF_REPO (owner/name) or RELAY_REMOTE (hf://owner/name or "
                 "file:///path); without one a new pod cannot resume the run",
             )
         )
-    if not cfg.secret():
+    if not data.get("relay_shared_secret"):
         problems.append(
-            ConfigError(
+            (
                 "relay_shared_secret",
                 "required on a pod: set RELAY_SHARED_SECRET to the commander's --shared-secret",
             )
@@ -57,11 +58,15 @@ def check_lines(config_path: str | None, env: Mapping[str, str]) -> tuple[list[s
     come only when there is none."""
     from relay.worker.preflight import preflight_problems, volume_warning
 
+    problems: list[str] = []
     try:
-        cfg = load_config(config_path, env=env)
+        cfg = load_config(config_path, env=env, extra=pod_requirements)
     except ConfigError as exc:
-        return [str(p) for p in exc.problems], []
-    problems = [str(p) for p in pod_requirements(cfg)]
+        problems = [str(ConfigError(*problem)) for problem in exc.problems]
+        try:  # only what a pod needs is missing: the pod's probes still say what else is wrong
+            cfg = load_config(config_path, env=env)
+        except ConfigError:
+            return problems, []
     problems += [str(p) for p in preflight_problems(cfg)]
     if problems:
         return problems, []  # a warning would only hide the problems

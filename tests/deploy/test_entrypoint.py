@@ -122,7 +122,10 @@ BAD_ENVS = {
         "hf_repo (env HF_REPO): conflicts with remote=",
     ),
     "no-hf-token": ({"HF_TOKEN": None}, "hf_token: required for the remote hf://me/ckpts: set HF_TOKEN"),
-    "empty-secret": ({"RELAY_SHARED_SECRET": ""}, "relay_shared_secret: required on a pod"),
+    "empty-secret": (
+        {"RELAY_SHARED_SECRET": ""},
+        "relay_shared_secret (env RELAY_SHARED_SECRET): required on a pod",
+    ),
     "config-missing": (
         {"RELAY_RUN_CONFIG": "/nonexistent/run.yaml"},
         "/nonexistent/run.yaml: config file not found",
@@ -225,8 +228,13 @@ def test_config_file_keys_are_checked_too(tmp_path: Path, volume: Path, fake_rel
     assert report["argv"] == ["worker"]
     cfg.write_text("commander_url: http://10.0.0.5:8420\nmode: ppo\nmax_restartz: 1\n")
     lines = error_lines(run_entrypoint([], env))
-    assert sorted(ln.split(": ")[2] for ln in lines) == [f"max_restartz ({cfg})", f"mode ({cfg})"]
-    cfg.write_text("commander_url: http://10.0.0.5:8420\nhf_repo: me/ckpts\n")
+    assert sorted(ln.split(": ")[2] for ln in lines) == [
+        f"max_restartz ({cfg})",
+        f"mode ({cfg})",
+        "relay_shared_secret",
+        "remote",
+    ]
+    cfg.write_text("commander_url: http://10.0.0.5:8420\nhf_repo: me/ckpts\nrelay_shared_secret: s\n")
     assert "hf_token: required for the remote hf://me/ckpts" in one_error_line(run_entrypoint([], env))
 
 

@@ -64,7 +64,7 @@ def test_the_pod_rules_are_the_printers_rules(tmp_path: Path) -> None:
     """A pod needs a remote and the secret; an hf:// remote needs a token (the model's own rule)."""
     env = {**pod_env(tmp_path), "RELAY_REMOTE": ""}
     assert check_lines(None, env)[0] == [
-        "config error: remote: required on a pod: set HF_REPO (owner/name) or RELAY_REMOTE "
+        "config error: remote (env RELAY_REMOTE): required on a pod: set HF_REPO (owner/name) or RELAY_REMOTE "
         "(hf://owner/name or file:///path); without one a new pod cannot resume the run"
     ]
     env["HF_REPO"] = "me/ckpts"
