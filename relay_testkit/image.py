@@ -121,3 +121,35 @@ def copy_context(dest: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, target)
     return dest
+
+
+def prewarm() -> int:
+    """``python -m relay_testkit.image``: build the test image before the suite runs (tools/test.sh).
+
+    The image's slow layers (the debootstrap base, torch and the dependencies) are set-up, like the venv:
+    building them here, with progress on the terminal, leaves the image test a warm build of this
+    checkout's code layer.  Without buildah, debootstrap or root there is nothing to do (the test then
+    skips, saying why)."""
+    import sys
+
+    from relay_testkit.container import have_buildah
+
+    if not (have_buildah() and shutil.which("debootstrap")) or os.geteuid() != 0:
+        print("image: buildah/debootstrap or root missing; the image test will be skipped", file=sys.stderr)
+        return 0
+    key = cache_key()
+    cold = not image_exists(f"{REPOSITORY}:test-{key}")
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"relay-image-build-{key}.log"
+    what = "COLD: debootstrap base + dependencies, several minutes" if cold else "warm: layer cache"
+    print(f"image: building the test image {REPOSITORY}:test-{key} ({what}); log {log_path}", file=sys.stderr)
+    try:
+        built = ensure_image(log_path)
+    except ImageBuildError as exc:
+        print(f"image: {exc}", file=sys.stderr)
+        return 1
+    print(f"image: {built.tag} ready in {built.build_s:.0f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(prewarm())
