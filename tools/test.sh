@@ -9,6 +9,9 @@ bash tools/install_browser.sh
 bash tools/install_image_tools.sh  # buildah + debootstrap for tests/deploy/test_image.py (once per machine)
 # the image's slow layers (base, torch, dependencies) are set-up like the venv: built here, cached by a hash
 .venv/bin/python -m relay_testkit.image || echo "image: the build failed; tests/deploy/test_image.py will show its log" >&2
-export HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 TOKENIZERS_PARALLELISM=false
 bash tools/trainer_envs.sh
+export HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 TOKENIZERS_PARALLELISM=false
+# DeepSpeed's JIT-built ops of this checkout's venv, kept with it (a shared ~/.cache dir is rebuilt, and
+# locked, by every other venv on the machine)
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
 exec .venv/bin/python -m pytest "$@"
