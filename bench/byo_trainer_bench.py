@@ -45,7 +45,7 @@ from relay_testkit.third_party import (  # noqa: E402
     tail,
 )
 from relay_testkit.tiny_model import build_tiny_model, prompt_completion_rows, write_jsonl  # noqa: E402
-from tests.trainer.third_party_recipes import llamafactory_recipe  # noqa: E402
+from relay_testkit.trainer_recipes import llamafactory_recipe  # noqa: E402
 
 
 def one_run(recipe, env: dict[str, str], cwd: Path, log: Path, results: Path) -> dict[str, float]:

@@ -13,62 +13,39 @@ Policy, chosen once for all requests:
   ``true``; an integer is accepted where a float is expected.
 * Ids follow ``relay.ids`` (the one rule shared with the worker); a bad id is a
   validation error of type ``invalid_id`` which the commander answers with 400.
+
+The field types (strict numbers, ids, URLs) live in ``relay.wiretypes``, the event names in
+``relay.eventnames``; this module imports no storage code, so validating a request loads nothing
+but pydantic.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
-from relay.ids import ID_PATTERN, INT64_MAX, id_problem
-from relay.remote.base import RemoteConfigError
-from relay.remote.url import REMOTE_PATTERN, parse_remote_url
-
-# --------------------------------------------------------------------------- scalar types
-
-
-def _integral(value: object) -> object:
-    """JSON Schema counts ``3.0`` as an integer, so the commander does too (never ``3.5``, ``"3"`` or ``true``)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-#: SQLite stores 64-bit signed integers (``relay.ids.INT64_MAX``): anything larger would be a 500, so it
-#: is a 422 naming the field.
-Int = Annotated[int, Strict(), Field(ge=-INT64_MAX, le=INT64_MAX), BeforeValidator(_integral)]
-#: A request float must be finite: JSON has no NaN/Infinity, yet the JSON parser accepts those literals and
-#: reads ``1e400`` as infinity.  Metric values are the one exception (see :class:`ReportRequest`).
-Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-#: A metric value: NaN (a diverged loss) and infinities are accepted and stored / answered as null.
-MetricFloat = Annotated[float, Strict()]
-Bool = Annotated[bool, Strict()]
-NonNegInt = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX), BeforeValidator(_integral)]
-Mode = Literal["sft", "rl"]
-
-MAX_TEXT = 8192  # a message, a detail, a path: long enough for a traceback line, short enough for a DB row
-
-
-def _check_id(value: str) -> str:
-    reason = id_problem(value)
-    if reason is not None:
-        raise PydanticCustomError("invalid_id", "invalid id: {reason}", {"reason": reason})
-    return value
-
-
-#: A run or worker id, validated by the rule in ``relay.ids``; the documented schema carries the same
-#: rule as a pattern, so a schema-valid id is never refused (and an invalid one is never documented).
-Id = Annotated[
-    str,
-    AfterValidator(_check_id),
-    WithJsonSchema({"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128}),
-]
-Text = Annotated[str, Field(max_length=MAX_TEXT)]
+# The event vocabulary travels on the wire (ReportRequest.event, the run detail): re-exported here.
+from relay.eventnames import COMMANDER_EVENTS as COMMANDER_EVENTS
+from relay.eventnames import LEASE_END_EVENTS as LEASE_END_EVENTS
+from relay.eventnames import REPORTED_EVENTS as REPORTED_EVENTS
+from relay.eventnames import WORKER_EVENTS as WORKER_EVENTS
+from relay.eventnames import EventName
+from relay.redact import MASK
+from relay.wiretypes import (
+    Float,
+    HeaderText,
+    Id,
+    Int,
+    MetricFloat,
+    Mode,
+    NonNegInt,
+    RemoteUrl,
+    Text,
+    WebhookUrl,
+    finite_json,
+)
 
 
 class RunStatus(str, Enum):
@@ -95,31 +72,16 @@ class ReleaseOutcome(str, Enum):
     cancelled = "cancelled"
 
 
-class EventName(str, Enum):
-    """Names of run events.
+class LeaseEnd(str, Enum):
+    """How one lease (one epoch of a run) ended, as the commander saw it; ``running`` while it is live."""
 
-    Workers report the first group; the commander records ``acquired`` and the
-    release outcomes itself, plus the two commander-only names at the end.
-    """
-
-    acquired = "acquired"
-    resumed = "resumed"
-    trainer_started = "trainer_started"
-    checkpoint_committed = "checkpoint_committed"
-    checkpoint_synced = "checkpoint_synced"
-    sync_failed = "sync_failed"
-    hang_detected = "hang_detected"
-    trainer_restarted = "trainer_restarted"
-    fenced = "fenced"
-    preempted = "preempted"
+    running = "running"
+    preempted = "preempted"  # released as preempted (the release outcomes, as asked)
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"
-    final_published = "final_published"
-    # commander-originated
-    lease_expired = "lease_expired"
-    cancel_requested = "cancel_requested"
-    submitted = "submitted"
+    expired = "expired"  # its holder stopped renewing
+    fenced = "fenced"  # a newer grant replaced it while it was live (the same worker asked again)
 
 
 class _Request(BaseModel):
@@ -142,7 +104,7 @@ class CheckpointRef(_Request):
 
 
 class LogLine(_Request):
-    """One line of a run's log timeline (shipped in reports, served by issue 8's logs endpoint)."""
+    """One line of a run's log timeline, as a worker ships it in a report."""
 
     ts: Float
     stream: Literal["stdout", "stderr", "worker"]
@@ -162,47 +124,6 @@ class CallbackEvent(str, Enum):
     heartbeat = "heartbeat"
 
 
-def _matching(pattern: str, code: str, message: str, max_length: int) -> Any:
-    """A string type with a rule and a clear message, documented as the same regex (so the two agree)."""
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise PydanticCustomError(code, message)
-        return value
-
-    documented = {"type": "string", "pattern": pattern, "maxLength": max_length}
-    return Annotated[str, Field(max_length=max_length), AfterValidator(check), WithJsonSchema(documented)]
-
-
-#: http(s), a host name, IPv4 or [IPv6] address, an optional port, then printable ASCII (no spaces).
-WEBHOOK_URL_PATTERN = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?$"
-#: One line of printable ASCII: it becomes an HTTP header, so no CR/LF can smuggle in another one.
-HEADER_PATTERN = r"^[ -~]+$"
-
-WebhookUrl = _matching(
-    WEBHOOK_URL_PATTERN, "invalid_url", "must be an http:// or https:// URL with a host", 2048
-)
-HeaderText = _matching(HEADER_PATTERN, "invalid_header", "must be one line of printable ASCII", 4096)
-
-
-def _check_remote(value: str) -> str:
-    try:
-        parse_remote_url(value)
-    except RemoteConfigError as exc:
-        raise PydanticCustomError("invalid_remote", "{reason}", {"reason": str(exc)}) from None
-    return value
-
-
-#: A remote a worker can open, by the one rule of ``relay.remote.url`` (the worker's config uses it too).
-RemoteUrl = Annotated[
-    str,
-    Field(max_length=2048),
-    AfterValidator(_check_remote),
-    WithJsonSchema({"type": "string", "pattern": REMOTE_PATTERN, "maxLength": 2048}),
-]
-
-
 class CallbackSpec(_Request):
     """Where the commander reports a run's status changes (delivered by ``relay.commander.callbacks``)."""
 
@@ -219,37 +140,6 @@ class CallbackSpec(_Request):
     )
 
 
-def _non_finite_path(value: Any, path: str, depth: int = 0) -> str | None:
-    """The dotted path of the first NaN/Infinity inside ``value``, or None when every number is finite."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
-    if depth > 100:  # deeper than any real config; the body limit bounds the work anyway
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _non_finite_path(item, f"{path}.{key}", depth + 1)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _non_finite_path(item, f"{path}[{index}]", depth + 1)
-            if found:
-                return found
-    return None
-
-
-def _finite_json(value: dict[str, Any]) -> dict[str, Any]:
-    """The train block goes to the trainer as JSON: NaN/Infinity (or 1e400) would make it invalid JSON."""
-    where = _non_finite_path(value, "train")
-    if where is not None:
-        raise PydanticCustomError(
-            "finite_number",
-            "non-finite number at {where} (NaN and Infinity are not JSON)",
-            {"where": where},
-        )
-    return value
-
-
 class RunSpec(_Request):
     """A run submitted as a job through ``POST /api/runs``; handed to the worker in the grant.
 
@@ -260,7 +150,7 @@ class RunSpec(_Request):
 
     run_id: Id | None = Field(default=None, description="omitted: the commander generates one")
     mode: Mode = "sft"
-    train: Annotated[dict[str, Any], AfterValidator(_finite_json)] = Field(
+    train: Annotated[dict[str, Any], AfterValidator(finite_json)] = Field(
         default_factory=dict,
         description="the trainer's train: block (free-form JSON; numbers must be finite)",
     )
@@ -284,9 +174,6 @@ class RunSpec(_Request):
         if self.callbacks is None or not self.callbacks.auth_header:
             return self
         return self.model_copy(update={"callbacks": self.callbacks.model_copy(update={"auth_header": MASK})})
-
-
-MASK = "***"
 
 
 class CallbackPayload(_Response):
@@ -341,6 +228,24 @@ class MetricsPoint(_Response):
     metrics: dict[str, float | None]
 
 
+class LeaseRecord(_Response):
+    """One lease of a run (one epoch): who carried it, when, how it ended, and the steps it carried."""
+
+    epoch: int
+    worker_id: str
+    granted_at: float
+    ended_at: float | None = Field(default=None, description="null while the lease is live")
+    ended: LeaseEnd = Field(description="a release outcome, expired, fenced, or running while live")
+    first_step: int | None = Field(default=None, description="the first step its holder reported")
+    last_step: int | None = Field(
+        default=None, description="the last step its holder reported or released at"
+    )
+    fenced_at: float | None = Field(
+        default=None,
+        description="when its holder first called again after the lease had ended (and was refused)",
+    )
+
+
 class RunSummary(_Response):
     """What ``relayctl status`` shows for each run; times are the commander's wall clock (Unix seconds)."""
 
@@ -369,6 +274,9 @@ class RunDetail(RunSummary):
 
     events: list[EventRecord] = Field(default_factory=list)
     metrics_history: list[MetricsPoint] = Field(default_factory=list)
+    leases: list[LeaseRecord] = Field(
+        default_factory=list, description="the run's leases, oldest epoch first"
+    )
     spec: RunSpec | None = Field(default=None, description="the submitted spec (auth header masked)")
     callbacks: CallbackStatus | None = None
 
@@ -378,17 +286,34 @@ class RunList(_Response):
     now: float = Field(description="the commander's clock when it answered")
 
 
+class LogRecord(LogLine):
+    """A stored log line as the logs endpoint serves it: with the pod and the lease epoch that printed it
+    (taken from the lease of the report that carried it, never from the line itself)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    worker_id: str | None = Field(default=None, description="the pod (worker id) that shipped the line")
+    epoch: int | None = Field(default=None, description="the lease epoch it was shipped under")
+
+
 class LogsResponse(_Response):
     """A page of a run's log timeline, oldest first; pass ``next_cursor`` as ``since`` for the next page."""
 
     run_id: str
     status: RunStatus
-    lines: list[LogLine]
+    lines: list[LogRecord]
     next_cursor: int = Field(description="cursor after the last line returned (the same as since when none)")
     more: bool = Field(default=False, description="more lines follow: ask again at once")
 
 
 # --------------------------------------------------------------------------- leases
+
+
+class HeldLease(_Request):
+    """A lease a restarted worker shows to take its own live lease back (see ``AcquireRequest.held_lease``)."""
+
+    lease_id: Annotated[str, Field(min_length=1, max_length=128)]
+    epoch: NonNegInt
 
 
 class AcquireRequest(_Request):
@@ -397,6 +322,12 @@ class AcquireRequest(_Request):
     run_id: Id | None = None
     worker_id: Id
     mode: Mode | None = None
+    held_lease: HeldLease | None = Field(
+        None,
+        description="The lease this worker process held on the run before it restarted (kept on its volume): "
+        "only with it may a worker id take back its own live lease at once; without it a live lease is "
+        "held, whoever asks.",
+    )
 
 
 class AcquireGranted(_Response):
@@ -450,6 +381,12 @@ class ReleaseRequest(_Request):
         description="With outcome failed: false when the failure would repeat on any pod (the trainer "
         "reported a configuration or data error), so the commander does not spend the run's "
         "max_restarts budget handing it out again.",
+    )
+    remote_epoch: NonNegInt | None = Field(
+        None,
+        description="The epoch the run's remote already holds when it is at or above this lease's (the "
+        "remote refused this worker's claim): the commander's next grant jumps past it, so epochs never go "
+        "backwards against storage.",
     )
 
 

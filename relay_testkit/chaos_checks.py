@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.schema import LEASE_END_EVENTS, REPORTED_EVENTS
+
 FENCING_KINDS = frozenset(
     {
         "overlap",
@@ -50,18 +52,9 @@ FENCING_KINDS = frozenset(
         "closed_run_granted",
     }
 )
-END_EVENTS = ("preempted", "completed", "failed", "cancelled", "fenced")
-REPORTED_EVENTS = frozenset(
-    {
-        "resumed",
-        "trainer_started",
-        "checkpoint_committed",
-        "checkpoint_synced",
-        "sync_failed",
-        "hang_detected",
-        "trainer_restarted",
-    }
-)
+#: How a lease ends in a worker's events.jsonl, and what workers report: the one classification of
+#: ``relay.schema`` (the checker reads the same names the worker writes and the commander records).
+END_EVENTS = LEASE_END_EVENTS
 _STEP_DIR = re.compile(r"step_(\d+)$")
 
 

@@ -1,4 +1,4 @@
-"""The local checkpoint store: layout, atomic commit, manifest, verification.
+"""The local checkpoint store: layout, atomic commit, install of a pulled copy, manifest, verification.
 
 Light to import (no torch, no huggingface_hub); ``filelock`` is imported when a lock is taken.
 """
@@ -22,6 +22,7 @@ from relay.ckpt.errors import (
     ManifestMissing,
     StaleStagedCheckpoint,
 )
+from relay.ckpt.install import install_pulled, same_local
 from relay.ckpt.layout import (
     CKPT_DIR_FMT,
     COMPLETE_MARKER,
@@ -75,6 +76,7 @@ __all__ = [
     "committed_step_dirs",
     "find_complete_staged",
     "find_newest_verified",
+    "install_pulled",
     "latest_committed",
     "newest_committed_step",
     "prune_local",
@@ -83,6 +85,7 @@ __all__ = [
     "read_manifest",
     "recover_local",
     "repair_latest",
+    "same_local",
     "set_latest",
     "verify_checkpoint",
 ]

@@ -1,11 +1,11 @@
-"""The commander's HTTP face: thin aiohttp handlers over ``leases.LeaseManager``.
+"""The commander's HTTP face: thin aiohttp handlers over the lease manager, run control and views.
 
-Each handler validates its input with a model from ``relay.schema``, calls one
-method of the lease manager, awaits the store's commit when that method wrote
-something (so a grant or a release is on disk before anyone hears of it), and
-answers with another model.  :data:`ENDPOINTS`
-is the one list of routes: the router and the OpenAPI document are both built
-from it, so the document cannot drift from the code.
+Each handler validates its input with a model from ``relay.schema``, calls one method of the
+rules (``leases``, ``control``) or of the read models (``views``), and answers with another model.
+The route table (``relay.commander.routes``) generates the router and the OpenAPI document, and
+says which endpoints mutate: for those, :meth:`CommanderApi.wrap` answers only once the store has
+committed what the handler wrote (a grant or a release is on disk before anyone hears of it), so
+no handler has to remember it.
 
 Errors never escape as a 500 with a traceback: a validation problem is a 400
 (malformed JSON, a body that is not an object, a bad id) or a 422 (a missing,
@@ -27,181 +27,57 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from pydantic.json_schema import models_json_schema
 
 from relay import __version__
-from relay.commander import metrics
+from relay.commander import metrics, ui
 from relay.commander.auth import SharedSecretAuth
-from relay.commander.callbacks import CallbackDispatcher, CallbackSettings
-from relay.commander.leases import LeaseHeldError, LeaseManager, RuleError
+from relay.commander.callbacks import CallbackDispatcher
+from relay.commander.config import CallbackSettings
+from relay.commander.control import RunControl
+from relay.commander.errors import LeaseHeldError, RuleError
+from relay.commander.leases import LeaseManager
+from relay.commander.openapi import build_openapi
+from relay.commander.routes import (
+    ENDPOINTS,
+    EVENTS_PARAM,
+    JSON,
+    LEASES_PARAM,
+    LIMIT_PARAM,
+    METRICS_PARAM,
+    SINCE_PARAM,
+    TAIL_PARAM,
+    Endpoint,
+    QueryParam,
+)
 from relay.commander.store import Store, StoreError
-from relay.ids import ID_PATTERN, id_problem
+from relay.commander.views import RunViews
+from relay.ids import id_problem
 from relay.schema import (
-    INT64_MAX,
     AcquireDenied,
     AcquireGranted,
     AcquireRequest,
-    CallbackPayload,
     ErrorResponse,
     HealthResponse,
-    LogLine,
-    LogsResponse,
     ReleaseRequest,
     ReleaseResponse,
     RenewRequest,
     RenewResponse,
     ReportRequest,
     ReportResponse,
-    RunDetail,
     RunList,
     RunSpec,
     RunStatus,
-    RunSummary,
 )
 
 log = logging.getLogger("relay.commander")
 
 MAX_BODY_BYTES = 1024 * 1024
-JSON = "application/json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class QueryParam:
-    """An optional integer query parameter: the handler and the OpenAPI document read its bounds here."""
-
-    name: str
-    description: str
-    default: int
-    low: int
-    high: int
-
-
-EVENTS_PARAM = QueryParam("events", "how many recent events (default 50)", 50, 1, 1000)
-METRICS_PARAM = QueryParam("metrics", "how many metrics points (default 200)", 200, 1, 10000)
-SINCE_PARAM = QueryParam(
-    "since",
-    "cursor: only lines after it (next_cursor of the previous page; default 0, the start)",
-    0,
-    0,
-    INT64_MAX,
-)
-LIMIT_PARAM = QueryParam("limit", "at most this many lines (default 1000)", 1000, 1, 10000)
-TAIL_PARAM = QueryParam(
-    "tail", "only the last N lines after the cursor (default 0: all, paged by limit)", 0, 0, 10000
-)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One route: the router and the OpenAPI document are generated from these."""
-
-    method: str
-    path: str
-    handler: str  # name of the CommanderApi method
-    summary: str
-    request: type[BaseModel] | None = None
-    responses: dict[int, type[BaseModel]] = field(default_factory=dict)
-    auth: bool = True
-    query: tuple[QueryParam, ...] = ()
-    media: str | None = None  # a 200 that is not JSON: its media type
-
-
-ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
-        "GET",
-        "/api/health",
-        "health",
-        "Liveness and version (no auth).",
-        None,
-        {200: HealthResponse},
-        auth=False,
-    ),
-    Endpoint("GET", "/api/openapi.json", "openapi", "This document.", None, {}),
-    Endpoint(
-        "POST",
-        "/api/lease/acquire",
-        "acquire",
-        "Acquire a run's lease (creating the run), or the oldest waiting run when run_id is omitted.",
-        AcquireRequest,
-        {200: AcquireGranted, 404: ErrorResponse, 409: AcquireDenied},
-    ),
-    Endpoint(
-        "POST",
-        "/api/lease/renew",
-        "renew",
-        "Extend the caller's live lease by a full TTL.",
-        RenewRequest,
-        {200: RenewResponse, 409: ErrorResponse},
-    ),
-    Endpoint(
-        "POST",
-        "/api/lease/release",
-        "release",
-        "Hand the lease back with an outcome.",
-        ReleaseRequest,
-        {200: ReleaseResponse, 409: ErrorResponse},
-    ),
-    Endpoint(
-        "POST",
-        "/api/runs/{run_id}/report",
-        "report",
-        "Report progress from the lease holder (fenced by lease id and epoch).",
-        ReportRequest,
-        {200: ReportResponse, 409: ErrorResponse},
-    ),
-    Endpoint("GET", "/api/runs", "list_runs", "All runs.", None, {200: RunList}),
-    Endpoint(
-        "POST",
-        "/api/runs",
-        "submit",
-        "Submit a run spec: 201 with the new run, 200 when the same spec was submitted before, "
-        "409 when the run id exists with another spec.",
-        RunSpec,
-        {200: RunDetail, 201: RunDetail, 409: ErrorResponse},
-    ),
-    Endpoint(
-        "GET",
-        "/api/runs/{run_id}",
-        "get_run",
-        "One run with its recent events and metrics history.",
-        None,
-        {200: RunDetail, 404: ErrorResponse},
-        query=(EVENTS_PARAM, METRICS_PARAM),
-    ),
-    Endpoint(
-        "POST",
-        "/api/runs/{run_id}/cancel",
-        "cancel",
-        "Cancel a run: at once when it waits, at the holder's next renew when it runs.",
-        None,
-        {200: RunSummary, 404: ErrorResponse, 409: ErrorResponse},
-    ),
-    Endpoint(
-        "GET",
-        "/api/runs/{run_id}/logs",
-        "logs",
-        "A run's log timeline (trainer stdout/stderr and worker notes), oldest first, paged by a cursor.",
-        None,
-        {200: LogsResponse, 404: ErrorResponse},
-        query=(SINCE_PARAM, LIMIT_PARAM, TAIL_PARAM),
-    ),
-    Endpoint(
-        "GET",
-        "/metrics",
-        "metrics",
-        "Prometheus metrics (text format); needs the shared secret like the API (a bearer token).",
-        None,
-        {},
-        media=metrics.CONTENT_TYPE,
-    ),
-)
 
 
 class ApiError(Exception):
@@ -262,6 +138,30 @@ def _validation_error(exc: ValidationError) -> web.Response:
     return _error(422, "validation_error", f"{loc}: {message}", loc, detail=detail)
 
 
+def _error_answer(endpoint: Endpoint, request: web.Request, exc: Exception) -> web.Response:
+    """The answer to a handler that raised: the only place an exception becomes an HTTP answer."""
+    if isinstance(exc, ValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, LeaseHeldError):
+        denied = AcquireDenied(
+            holder=exc.holder, retry_after_s=exc.retry_after_s, status=exc.status, detail=str(exc)
+        )
+        return _json(denied, 409)
+    if isinstance(exc, RuleError):
+        if endpoint.handler == "acquire" and exc.http_status == 409:
+            return _json(AcquireDenied(status=exc.status, detail=str(exc)), 409)
+        return _error(
+            exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status, detail=exc.detail
+        )
+    if isinstance(exc, ApiError):
+        return _error(exc.http_status, exc.code, str(exc), exc.field)
+    if isinstance(exc, (StoreError, sqlite3.Error)):
+        log.error("state store error on %s %s: %s", request.method, request.path, exc)
+        return _error(503, "store_error", f"commander state store error: {exc}")
+    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return _error(500, "internal_error", "internal commander error (see the commander's log)")
+
+
 def _path_id(request: web.Request, name: str = "run_id") -> str:
     value = request.match_info[name]
     reason = id_problem(value)
@@ -306,6 +206,9 @@ class CommanderApi:
         callbacks: CallbackDispatcher | None = None,
     ) -> None:
         self.leases = leases
+        self.store = leases.store
+        self.control = RunControl(leases)
+        self.views = RunViews(leases, callbacks)
         self.auth = auth
         self.callbacks = callbacks
         self.registry = metrics.build_registry(leases, callbacks)
@@ -322,7 +225,12 @@ class CommanderApi:
     # ------------------------------------------------------------------ wiring
 
     def wrap(self, endpoint: Endpoint) -> Handler:
-        """Auth plus the error mapping around one handler: the only place an exception becomes an answer."""
+        """Auth, the error mapping and, for an endpoint that mutates, the commit, around one handler.
+
+        A mutating endpoint answers - whatever the answer - only once everything written so far is
+        committed (``Store.committed``: fsynced when durable); a commit that fails turns the answer
+        into a 503, since what it reported was rolled back.
+        """
         fn: Handler = getattr(self, endpoint.handler)
         check = self.auth.check if endpoint.auth and self.auth.enabled else None
 
@@ -335,28 +243,15 @@ class CommanderApi:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             try:
-                return await fn(request)
-            except ValidationError as exc:
-                return _validation_error(exc)
-            except LeaseHeldError as exc:
-                denied = AcquireDenied(
-                    holder=exc.holder, retry_after_s=exc.retry_after_s, status=exc.status, detail=str(exc)
-                )
-                return _json(denied, 409)
-            except RuleError as exc:
-                if endpoint.handler == "acquire" and exc.http_status == 409:
-                    return _json(AcquireDenied(status=exc.status, detail=str(exc)), 409)
-                return _error(
-                    exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status, detail=exc.detail
-                )
-            except ApiError as exc:
-                return _error(exc.http_status, exc.code, str(exc), exc.field)
-            except (StoreError, sqlite3.Error) as exc:
-                log.error("state store error on %s %s: %s", request.method, request.path, exc)
-                return _error(503, "store_error", f"commander state store error: {exc}")
-            except Exception:
-                log.exception("unexpected error on %s %s", request.method, request.path)
-                return _error(500, "internal_error", "internal commander error (see the commander's log)")
+                response = await fn(request)
+            except Exception as exc:
+                response = _error_answer(endpoint, request, exc)
+            if endpoint.mutates:
+                try:
+                    await self.store.committed()
+                except StoreError as exc:
+                    return _error_answer(endpoint, request, exc)
+            return response
 
         handler.__name__ = endpoint.handler
         return handler
@@ -403,7 +298,6 @@ class CommanderApi:
     async def acquire(self, request: web.Request) -> web.StreamResponse:
         req = AcquireRequest.model_validate_json(await _body(request))
         grant = self.leases.acquire(req)
-        await self.leases.store.committed()  # the grant is on disk before anyone hears of it
         return _json(
             AcquireGranted(
                 run_id=grant.run.run_id,
@@ -411,7 +305,7 @@ class CommanderApi:
                 epoch=grant.lease.epoch,
                 ttl_s=self.leases.ttl_s,
                 renew_interval_s=self.leases.renew_interval_s,
-                run=self.leases.summary(grant.run),
+                run=self.views.summary(grant.run),
                 spec=grant.spec,
             )
         )
@@ -423,58 +317,35 @@ class CommanderApi:
 
     async def release(self, request: web.Request) -> web.StreamResponse:
         req = ReleaseRequest.model_validate_json(await _body(request))
-        status = self.leases.release(req)
-        await self.leases.store.committed()
-        return _json(ReleaseResponse(ok=True, status=status))
+        return _json(ReleaseResponse(ok=True, status=self.leases.release(req)))
 
     async def report(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         req = ReportRequest.model_validate_json(await _body(request))
         self.leases.report(run_id, req)
-        await self.leases.store.committed()
         return _json(ReportResponse(ok=True))
 
     async def list_runs(self, request: web.Request) -> web.StreamResponse:
-        return _json(RunList(runs=self.leases.list_summaries(), now=time.time()))
+        return _json(RunList(runs=self.views.summaries(), now=time.time()))
 
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         events = _query_int(request, EVENTS_PARAM)
         metrics_points = _query_int(request, METRICS_PARAM)
-        return _json(self._detail(run_id, events=events, metrics=metrics_points))
-
-    def _detail(self, run_id: str, **limits: int) -> RunDetail:
-        """The run detail with its callback delivery state."""
-        detail = self.leases.get_detail(run_id, **limits)
-        if self.callbacks is not None and detail.spec is not None and detail.spec.callbacks is not None:
-            row = self.leases.store.get_run(run_id)
-            if row is not None:
-                detail.callbacks = self.callbacks.status(row)
-        return detail
+        leases = _query_int(request, LEASES_PARAM)
+        return _json(self.views.detail(run_id, events=events, metrics=metrics_points, leases=leases))
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         spec = RunSpec.model_validate_json(await _body(request))
-        row, created = self.leases.submit(spec)
-        await self.leases.store.committed()  # the run (and its pending callback) is on disk first
-        return _json(self._detail(row.run_id), 201 if created else 200)
+        row, created = self.control.submit(spec)
+        return _json(self.views.detail(row.run_id), 201 if created else 200)
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         since = _query_int(request, SINCE_PARAM)
         limit = _query_int(request, LIMIT_PARAM)
         tail = _query_int(request, TAIL_PARAM)
-        row, lines, more = self.leases.log_page(run_id, after=since, limit=limit, tail=tail)
-        return _json(
-            LogsResponse(
-                run_id=run_id,
-                status=row.status,
-                lines=[
-                    LogLine.model_construct(ts=line.ts, stream=line.stream, line=line.line) for line in lines
-                ],
-                next_cursor=lines[-1].id if lines else since,
-                more=more,
-            )
-        )
+        return _json(self.views.log_page(run_id, after=since, limit=limit, tail=tail))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         # The gauges are computed now, at scrape time, never on the lease path.
@@ -484,125 +355,12 @@ class CommanderApi:
         )
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
-        run_id = _path_id(request)
-        row = self.leases.cancel(run_id)
-        await self.leases.store.committed()
-        return _json(self.leases.summary(row))
+        row = self.control.cancel(_path_id(request))
+        return _json(self.views.summary(row))
 
 
 def _path_regex(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "[^/]+", re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
-
-
-def build_openapi() -> dict[str, object]:
-    """The OpenAPI 3.1 document, generated from :data:`ENDPOINTS` and the pydantic models."""
-    models: list[type[BaseModel]] = [ErrorResponse, CallbackPayload]
-    for ep in ENDPOINTS:
-        if ep.request is not None:
-            models.append(ep.request)
-        models.extend(ep.responses.values())
-    unique = list(dict.fromkeys(models))
-    _, defs = models_json_schema(
-        [(m, "validation") for m in unique], ref_template="#/components/schemas/{model}"
-    )
-
-    def ref(model: type[BaseModel]) -> dict[str, object]:
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-    def content(model: type[BaseModel]) -> dict[str, object]:
-        return {"application/json": {"schema": ref(model)}}
-
-    paths: dict[str, dict[str, object]] = {}
-    for ep in ENDPOINTS:
-        responses: dict[str, object] = {
-            str(code): {
-                "description": model.__doc__.strip().splitlines()[0] if model.__doc__ else model.__name__,
-                "content": content(model),
-            }
-            for code, model in ep.responses.items()
-        }
-        if ep.handler == "openapi":
-            responses["200"] = {
-                "description": "OpenAPI document",
-                "content": {JSON: {"schema": {"type": "object"}}},
-            }
-        if ep.media is not None:
-            responses["200"] = {
-                "description": ep.summary,
-                "content": {ep.media: {"schema": {"type": "string"}}},
-            }
-        if ep.request is not None or "{run_id}" in ep.path or ep.query:
-            responses.setdefault(
-                "400", {"description": "bad id, malformed JSON or query", "content": content(ErrorResponse)}
-            )
-        if ep.request is not None:
-            responses["413"] = {"description": "body over 1 MiB", "content": content(ErrorResponse)}
-            responses["422"] = {
-                "description": "a field is missing, unknown or mistyped",
-                "content": content(ErrorResponse),
-            }
-        if ep.auth:
-            responses["401"] = {
-                "description": "missing or wrong shared secret",
-                "content": content(ErrorResponse),
-            }
-        operation: dict[str, object] = {
-            "operationId": ep.handler,
-            "summary": ep.summary,
-            "responses": responses,
-        }
-        parameters: list[dict[str, object]] = []
-        if "{run_id}" in ep.path:
-            parameters.append(
-                {
-                    "name": "run_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": ID_PATTERN},
-                }
-            )
-        for param in ep.query:
-            parameters.append(
-                {
-                    "name": param.name,
-                    "in": "query",
-                    "required": False,
-                    "description": param.description,
-                    "schema": {
-                        "type": "integer",
-                        "minimum": param.low,
-                        "maximum": param.high,
-                        "default": param.default,
-                    },
-                }
-            )
-        if parameters:
-            operation["parameters"] = parameters
-        if ep.request is not None:
-            operation["requestBody"] = {"required": True, "content": content(ep.request)}
-        operation["security"] = [{"bearer": []}, {"relaySecret": []}] if ep.auth else []
-        paths.setdefault(ep.path, {})[ep.method.lower()] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "relay-trainer commander", "version": __version__},
-        "paths": paths,
-        "webhooks": {
-            "runCallback": {
-                "post": {
-                    "summary": "What the commander POSTs to a run's callbacks.webhook_url (any 2xx acknowledges).",
-                    "requestBody": {"required": True, "content": content(CallbackPayload)},
-                    "responses": {"200": {"description": "delivered"}},
-                }
-            }
-        },
-        "components": {
-            "schemas": defs.get("$defs", {}),
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "relaySecret": {"type": "apiKey", "in": "header", "name": "X-Relay-Secret"},
-            },
-        },
-    }
 
 
 API_KEY = web.AppKey("commander_api", CommanderApi)
@@ -635,6 +393,7 @@ def create_app(
     app[API_KEY] = api
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)
+    ui.install(app, api)  # the dashboard at /ui/ (and / redirecting there)
     app.router.add_route("*", "/{tail:.*}", api.not_found)
     app.cleanup_ctx.append(api.sweeper)
     app.cleanup_ctx.append(callbacks.cleanup_ctx)

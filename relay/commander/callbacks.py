@@ -5,7 +5,8 @@ of it without polling.  The commander POSTs a :class:`~relay.schema.CallbackPayl
 
 * on every status change (pending, running, preempted, completed, failed, cancelled),
 * when a worker reports ``checkpoint_synced``,
-* as a ``heartbeat`` every ``RELAY_CALLBACK_INTERVAL_S`` (default 60) while the run is running.
+* as a ``heartbeat`` every ``RELAY_CALLBACK_INTERVAL_S`` (default 60) while the run is running
+  (delivery settings: ``relay.commander.config.CallbackSettings``).
 
 Why an outbox: the callback row is written by the lease manager *in the transaction of the
 change it reports* (``Store.save_run(outbox=...)``), so a change is never on disk without its
@@ -31,18 +32,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from relay import __version__
+from relay.commander.config import CallbackSettings
 from relay.commander.leases import LeaseManager
 from relay.commander.store import DeliveryRow, NewDelivery, RunRow, Store
 from relay.schema import CallbackEvent, CallbackPayload, CallbackSpec, CallbackStatus, RunSpec, RunStatus
@@ -50,53 +50,6 @@ from relay.schema import CallbackEvent, CallbackPayload, CallbackSpec, CallbackS
 log = logging.getLogger("relay.commander.callbacks")
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-_FALSE = ("0", "false", "no", "off")
-
-
-@dataclass(frozen=True)
-class CallbackSettings:
-    """Delivery tuning; ``relayctl serve`` reads each from ``RELAY_CALLBACK_<NAME>`` (upper-cased)."""
-
-    interval_s: float = 60.0  # heartbeat period while a run is running
-    timeout_s: float = 10.0  # one POST, connect to last byte
-    backoff_s: float = 1.0  # first retry delay; doubles per attempt (jittered)
-    backoff_max_s: float = 300.0  # cap of the retry delay
-    max_attempts: int = 20  # then the delivery is dropped (counted, shown in the run detail)
-    concurrency: int = 16  # runs delivered at the same time
-    #: False pauses delivery: callbacks are still queued (and kept across restarts), nothing is sent.
-    #: For a receiver's maintenance window, and for tests that must not reach the network.
-    deliver: bool = True
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool):
-                continue
-            if not value > 0 or value == float("inf"):
-                raise ValueError(f"RELAY_CALLBACK_{f.name.upper()} must be a positive number (got {value!r})")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> CallbackSettings:
-        """Settings from ``RELAY_CALLBACK_INTERVAL_S`` etc.; raises ValueError (one line) on a bad value."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f"RELAY_CALLBACK_{f.name.upper()}"
-            raw = (env.get(name) or "").strip()
-            if not raw:
-                continue
-            if f.type in (bool, "bool"):
-                values[f.name] = raw.lower() not in _FALSE
-                continue
-            kind = int if f.type in (int, "int") else float
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                whole = "whole " if kind is int else ""
-                raise ValueError(f"{name} must be a {whole}number (got {raw!r})") from None
-        return cls(**values)
 
 
 def auth_header_pair(value: str) -> tuple[str, str]:

@@ -2,6 +2,8 @@
 
 The timeline is what workers ship with their reports: the trainer's stdout and stderr and the
 worker's own notes (restarts, kills, hand-offs), from every pod that carried the run, in order.
+Each line says which pod printed it under which lease epoch (``pod-1/e3``), so a hand-over shows
+where one pod's output ends and the next one's begins.
 Following polls the commander with the cursor of the last page, so no line is printed twice or
 skipped, and stops once the run is completed, cancelled or failed.  A commander that is briefly
 unreachable while following (a restart) is waited for, up to ``--retry-s``.
@@ -20,7 +22,7 @@ from relay.ctl.common import add_commander_arguments, run_command
 
 if TYPE_CHECKING:
     from relay.client import CommanderClient
-    from relay.schema import LogLine
+    from relay.schema import LogRecord
 
 #: A followed run that reaches one of these has nothing more to say.
 FINAL_STATUSES = ("completed", "cancelled", "failed")
@@ -54,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
     return run_command("logs", _logs, args)
 
 
-def format_line(line: LogLine) -> str:
+def format_line(line: LogRecord) -> str:
+    """``<local time> <pod>/e<epoch> <stream> <line>`` (``-`` for a pod a commander did not record)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(line.ts)) + f".{int(line.ts % 1 * 1000):03d}"
-    return f"{stamp} {line.stream:<6} {line.line}"
+    pod = line.worker_id or "-"
+    if line.epoch is not None:
+        pod += f"/e{line.epoch}"
+    return f"{stamp} {pod} {line.stream:<6} {line.line}"
 
 
 async def _logs(client: CommanderClient, args: argparse.Namespace) -> int:
@@ -74,11 +80,17 @@ async def _logs(client: CommanderClient, args: argparse.Namespace) -> int:
             now = time.monotonic()
             if unreachable_since is None:
                 unreachable_since = now
-                print(f"relayctl logs: {exc}; waiting", file=sys.stderr)
+                print(
+                    f"relayctl logs: {exc}; retrying every {args.interval:g}s for up to {args.retry_s:g}s "
+                    "(--retry-s)",
+                    file=sys.stderr,
+                )
             elif now - unreachable_since > args.retry_s:
-                raise
+                raise CommanderUnreachable(f"{exc} (gave up after {args.retry_s:g}s)") from None
             await asyncio.sleep(args.interval)
             continue
+        if unreachable_since is not None:
+            print("relayctl logs: the commander answers again; following", file=sys.stderr)
         unreachable_since = None
         tail = None  # only the first page is a tail
         for line in page.lines:

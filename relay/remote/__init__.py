@@ -17,11 +17,12 @@ from relay.remote.base import (
     RemoteError,
     RemoteFencedError,
     RemoteState,
+    by_url_rule,
 )
 from relay.remote.filesystem import FilesystemRemote
 from relay.remote.hub import HubRemote
 from relay.remote.sync import Syncer, SyncEvent, SyncStatus
-from relay.remote.url import RemoteURL, parse_remote_url
+from relay.urls import RemoteURL, parse_remote_url
 
 __all__ = [
     "FilesystemRemote",
@@ -47,7 +48,7 @@ def open_remote(url: str, run_id: str, *, token: str | None = None, endpoint: st
     """A Remote bound to ``run_id``. Raises RemoteConfigError (a ValueError) naming what is wrong,
     and InvalidIdError for a bad run id."""
     validate_id(run_id, "run_id")
-    spec = parse_remote_url(url)
+    spec = by_url_rule(parse_remote_url, url)
     if spec.scheme == "hf":
         assert spec.repo_id is not None
         return HubRemote(spec.repo_id, run_id, token=token, endpoint=endpoint)

@@ -1,4 +1,4 @@
-"""The Remote interface and the rules every backend shares: fencing, pull order, safe install.
+"""The Remote interface and the rules every backend shares: fencing, pull order, verified pulls.
 
 A remote holds, per run, ``<run_id>/checkpoints/step_%08d/...`` (each with the same manifest.json as
 the local commit) and ``<run_id>/relay/state.json`` (run_id, newest step, epoch, manifest sha256).
@@ -23,23 +23,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
-from relay.ckpt.commit import DEFAULT_LOCK_TIMEOUT_S, checkpoint_lock, set_latest
 from relay.ckpt.errors import ManifestError
-from relay.ckpt.fsutil import empty_dir, fsync_dir, move_to_trash, sha256_bytes
-from relay.ckpt.layout import CKPT_DIR_FMT, MANIFEST_NAME, RunLayout, newest_committed_step
-from relay.ckpt.manifest import CommittedCheckpoint, FileEntry, Manifest, committed_from_manifest, now_iso
+from relay.ckpt.fsutil import empty_dir, sha256_bytes
+from relay.ckpt.install import install_pulled, same_local
+from relay.ckpt.layout import CKPT_DIR_FMT, MANIFEST_NAME, RunLayout
+from relay.ckpt.manifest import CommittedCheckpoint, FileEntry, Manifest, now_iso
 from relay.ckpt.verify import SkippedCheckpoint, verify_checkpoint
 from relay.ids import id_problem
+from relay.urls import RemoteURLError
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 STATE_FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
@@ -81,8 +84,16 @@ class RemoteFencedError(RemoteError):
         self.remote_step = remote_step
 
 
-class RemoteConfigError(RemoteError, ValueError):
-    """A remote URL or repo id we cannot use."""
+class RemoteConfigError(RemoteError, RemoteURLError):
+    """A remote URL or repo id we cannot use (by the rule of ``relay.urls``)."""
+
+
+def by_url_rule(rule: Callable[[str], _T], value: str) -> _T:
+    """``rule(value)`` (a ``relay.urls`` check), its RemoteURLError raised as RemoteConfigError."""
+    try:
+        return rule(value)
+    except RemoteURLError as exc:
+        raise RemoteConfigError(str(exc)) from None
 
 
 class RemoteCorruptError(RemoteError):
@@ -391,7 +402,7 @@ class Remote(ABC):
             if manifest.run_id != self.run_id or manifest.step != step:
                 skip(f"manifest is for run {manifest.run_id!r} step {manifest.step}", "wrong_run")
                 continue
-            local = _same_local(layout, step, msha)
+            local = same_local(layout, step, msha)
             if local is not None:
                 report.step, report.reused_local = step, True
                 return local
@@ -428,49 +439,6 @@ class Remote(ABC):
         raise RemoteCorruptError(
             f"{self.url}: no remote checkpoint for run {self.run_id} verifies ({reasons})"
         )
-
-
-def _same_local(layout: RunLayout, step: int, manifest_sha256: str) -> CommittedCheckpoint | None:
-    """The local step_N when it is byte-identical to the remote one (same manifest) and verifies."""
-    path = layout.step_dir(step)
-    try:
-        data = (path / MANIFEST_NAME).read_bytes()
-    except OSError:
-        return None
-    if sha256_bytes(data) != manifest_sha256:
-        return None
-    result = verify_checkpoint(path, expected_run_id=layout.run_id, expected_step=step)
-    if not result.ok or result.manifest is None:
-        return None
-    return committed_from_manifest(path, result.manifest, data)
-
-
-def install_pulled(
-    layout: RunLayout,
-    src: Path,
-    manifest: Manifest,
-    manifest_bytes: bytes,
-    *,
-    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-) -> CommittedCheckpoint:
-    """Rename a verified download into ``ckpt/step_N`` under the run lock; point ``latest`` at it when
-    it is the newest committed step. A different local step_N is replaced (the remote is the truth
-    the caller chose to pull)."""
-    from relay.ckpt.fsutil import fsync_tree_dirs
-
-    fsync_tree_dirs(src)
-    dest = layout.step_dir(manifest.step)
-    with checkpoint_lock(layout, lock_timeout_s):
-        if os.path.lexists(dest):
-            move_to_trash(dest, layout.trash_dir)
-        os.rename(src, dest)
-        fsync_dir(layout.ckpt_dir)
-        newest = newest_committed_step(layout)
-        if newest is None or manifest.step >= newest:
-            set_latest(layout, manifest.step)
-        empty_dir(layout.trash_dir)
-    log.info("pulled step %d -> %s", manifest.step, dest)
-    return committed_from_manifest(dest, manifest, manifest_bytes)
 
 
 def with_revision(state: RemoteState | None, revision: str | None) -> RemoteState | None:

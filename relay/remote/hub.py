@@ -44,6 +44,7 @@ from relay.remote.base import (
     RemoteError,
     RemoteState,
     Snapshot,
+    by_url_rule,
     decide_push,
     load_local_manifest,
     prune_plan,
@@ -51,7 +52,7 @@ from relay.remote.base import (
     remote_state_path,
     superseded_steps,
 )
-from relay.remote.url import check_repo_id
+from relay.urls import check_repo_id
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class HubRemote(Remote):
     ) -> None:
         super().__init__()
         self.run_id = validate_id(run_id, "run_id")
-        self.repo_id = check_repo_id(repo_id)
+        self.repo_id = by_url_rule(check_repo_id, repo_id)
         self.token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
         self.branch = branch

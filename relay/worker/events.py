@@ -16,29 +16,13 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Every name a worker may write (stdlib only: writing an event never loads the wire schema).
+from relay.eventnames import WORKER_EVENTS as EVENT_NAMES
+
 if TYPE_CHECKING:
     from relay.worker.lease import Lease
 
 log = logging.getLogger("relay.worker.events")
-
-# The names a report may carry (schema.EventName); kept here as plain strings so that writing an
-# event never depends on the wire schema being importable.
-EVENT_NAMES = (
-    "acquired",
-    "resumed",
-    "trainer_started",
-    "checkpoint_committed",
-    "checkpoint_synced",
-    "sync_failed",
-    "hang_detected",
-    "trainer_restarted",
-    "fenced",
-    "preempted",
-    "completed",
-    "failed",
-    "cancelled",
-    "final_published",
-)
 
 
 class EventLog:

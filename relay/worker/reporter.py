@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from relay.backoff import Backoff
+from relay.eventnames import REPORTED_EVENTS, WORKER_EVENTS
 from relay.worker.events import EventLog, describe
 from relay.worker.fence import Fence
 from relay.worker.lease import Lease
@@ -28,7 +29,7 @@ from relay.worker.trainer_log import TrainerLog
 
 log = logging.getLogger("relay.worker.reporter")
 
-NOT_REPORTED = frozenset({"acquired", "preempted", "completed", "failed", "cancelled", "fenced"})
+NOT_REPORTED = WORKER_EVENTS - REPORTED_EVENTS  # the lease events: the commander records its own
 _MAX_LOG_LINES = 200
 #: retries of a flush before a release: quick, a release is waiting
 FLUSH_BACKOFF = Backoff(base_s=0.05, max_s=0.5, jitter=0.0)

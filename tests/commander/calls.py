@@ -21,7 +21,7 @@ def closed_port() -> int:
 
 
 def leases_of(client: TestClient) -> LeaseManager:
-    """The lease manager behind a test client (to seed states the API cannot create in issue 2)."""
+    """The lease manager behind a test client (to seed states the API cannot create)."""
     return client.server.app[API_KEY].leases
 
 

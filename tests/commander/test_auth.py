@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.commander import auth as auth_module
-from relay.commander.app import ENDPOINTS
+from relay.commander.routes import ENDPOINTS
 from tests.commander.calls import SECRET
 
 OPEN = {"/api/health"}

@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from relay.commander.app import build_openapi
+from relay.commander.openapi import build_openapi
 from relay_testkit.commander_proc import CommanderProcess
 from tests.commander.calls import SECRET
 

@@ -78,7 +78,8 @@ async def test_expiry_then_regrant_with_higher_epoch(make_commander):
     assert second["epoch"] == 2 and second["run"]["holder"] == "w2"
     assert second["run"]["step"] == 7  # progress survives the hand-over
 
-    # The old holder is fenced off everywhere, and changes nothing.
+    # The old holder is fenced off everywhere, and changes nothing but the record of it: one "fenced"
+    # event for its epoch, however often it calls.
     for status, body in (
         await renew(client, first),
         await report(client, first, step=99),
@@ -88,8 +89,17 @@ async def test_expiry_then_regrant_with_higher_epoch(make_commander):
     detail = await get_run(client)
     assert detail["status"] == "running" and detail["epoch"] == 2 and detail["holder"] == "w2"
     assert detail["step"] == 7
-    names = [e["name"] for e in detail["events"]]
-    assert names == ["acquired", "lease_expired", "acquired"]
+    names = [(e["name"], e["epoch"], e["worker_id"]) for e in detail["events"]]
+    assert names == [
+        ("acquired", 1, "w1"),
+        ("lease_expired", 1, "w1"),
+        ("acquired", 2, "w2"),
+        ("fenced", 1, "w1"),
+    ]
+    assert detail["events"][-1]["message"].startswith("renew refused: lease for run r1 is no longer current")
+    epochs = [(lease["epoch"], lease["worker_id"], lease["ended"]) for lease in detail["leases"]]
+    assert epochs == [(1, "w1", "expired"), (2, "w2", "running")]
+    assert detail["leases"][0]["fenced_at"] >= detail["leases"][0]["ended_at"]
 
 
 async def test_expired_lease_is_dead_even_if_nobody_took_the_run(make_commander):

@@ -6,7 +6,8 @@ import jsonschema_rs  # comes with schemathesis (a test dependency)
 import pytest
 
 from relay import schema
-from relay.commander.app import ENDPOINTS, build_openapi
+from relay.commander.openapi import build_openapi
+from relay.commander.routes import ENDPOINTS
 from tests.commander.calls import acquire, report
 
 

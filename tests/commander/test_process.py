@@ -156,12 +156,12 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
             {},
             "refusing to listen on non-loopback address '0.0.0.0' without a shared secret",
         ),
-        (["--lease-ttl", "0"], {}, "lease TTL must be a positive number"),
+        (["--lease-ttl", "0"], {}, "--lease-ttl must be a positive number of seconds, at least 1"),
         (["--lease-ttl", "0.5"], {}, "at least 1 (got 0.5)"),
         ([], {"RELAY_LEASE_TTL": "0.2"}, "at least 1 (got 0.2)"),
         (["--lease-ttl", "nan"], {}, "at least 1 (got nan)"),
         ([], {"RELAY_LEASE_TTL": "soon"}, "RELAY_LEASE_TTL must be a number of seconds"),
-        (["--port", "70000"], {}, "--port must be 0-65535"),
+        (["--port", "70000"], {}, "--port must be 0-65535 (got 70000)"),
         (["--state", "/nonexistent-dir/x.db"], {}, "state directory /nonexistent-dir does not exist"),
     ],
     ids=["non-loopback", "ttl-zero", "ttl-half", "ttl-env-short", "ttl-nan", "ttl-env", "port", "state-dir"],
@@ -189,10 +189,26 @@ def test_state_and_secret_come_from_the_environment(tmp_path):
 
     from relay.commander.serve import resolve_settings
 
-    args = Namespace(state=None, shared_secret=None, lease_ttl=None, port=0, host="10.1.2.3", insecure=False)
-    state, secret, ttl = resolve_settings(
-        args, {"RELAY_STATE": str(tmp_path / "e.db"), "RELAY_SHARED_SECRET": "s", "RELAY_LEASE_TTL": "12.5"}
+    secret = "s3cr3t-from-env"
+    args = Namespace(
+        state=None, shared_secret=None, lease_ttl_s=None, port="0", host="10.1.2.3", insecure=False
     )
-    assert (state, secret, ttl) == (str(tmp_path / "e.db"), "s", 12.5)
-    state, secret, ttl = resolve_settings(Namespace(**{**vars(args), "host": "127.0.0.1"}), {})
-    assert (state, secret, ttl) == ("./commander_state.db", None, 60.0)
+    env = {"RELAY_STATE": str(tmp_path / "e.db"), "RELAY_SHARED_SECRET": secret, "RELAY_LEASE_TTL": "12.5"}
+    config = resolve_settings(args, env)
+    assert (config.state, config.secret(), config.lease_ttl_s, config.port) == (
+        str(tmp_path / "e.db"),
+        secret,
+        12.5,
+        0,
+    )
+    assert secret not in repr(config) and secret not in str(config.model_dump())  # never shown
+    config = resolve_settings(Namespace(**{**vars(args), "host": "127.0.0.1"}), {})
+    assert (config.state, config.secret(), config.lease_ttl_s) == ("./commander_state.db", None, 60.0)
+    # a flag wins over the environment; an empty variable counts as unset
+    flagged = Namespace(**{**vars(args), "state": "flag.db", "lease_ttl_s": "30"})
+    config = resolve_settings(flagged, env)
+    assert (config.state, config.lease_ttl_s, config.secret()) == ("flag.db", 30.0, secret)
+    unset = resolve_settings(
+        Namespace(**{**vars(args), "host": "::1"}), {"RELAY_STATE": "", "RELAY_LEASE_TTL": " "}
+    )
+    assert (unset.state, unset.lease_ttl_s) == ("./commander_state.db", 60.0)

@@ -18,7 +18,7 @@ ALL_EDGES = {(a, b) for a, targets in runs.TRANSITIONS.items() for b in targets}
 
 async def into(client, status: RunStatus, run_id: str) -> dict | None:
     """Put a fresh run ``run_id`` into ``status``; returns the last grant (None for pending)."""
-    if status is S.pending:  # only issue 8's submit creates pending runs over HTTP: seed the store
+    if status is S.pending:  # only a submit creates pending runs over HTTP: seed the store
         now = time.time()
         leases_of(client).store.save_run(
             RunRow(run_id=run_id, status=S.pending, created_at=now, updated_at=now)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from relay.commander import store as store_module
-from relay.commander.store import LogRow, MetricsRow, NewEvent, RunRow, Store, StoreError
+from relay.commander.store import LogRow, MetricsRow, NewEvent, RunRow, Store, StoreError, migrations
+from relay.commander.store import history as store_history
 from relay.schema import CheckpointRef, RunStatus
 
 
@@ -76,7 +76,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "s.db"
     Store.open(path).close()
     with sqlite3.connect(path) as raw:
-        raw.execute(f"PRAGMA user_version={len(store_module.MIGRATIONS) + 1}")
+        raw.execute(f"PRAGMA user_version={len(migrations.MIGRATIONS) + 1}")
     with pytest.raises(StoreError, match="newer than this commander"):
         Store.open(path)
     Store.open(tmp_path / "other.db").close()  # the failed open released its lock file too
@@ -92,9 +92,9 @@ def test_garbage_state_file_is_a_store_error(tmp_path):
 
 
 def test_history_is_pruned_per_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "KEEP_METRICS", 5)
-    monkeypatch.setattr(store_module, "KEEP_LOGS", 7)
-    monkeypatch.setattr(store_module, "_PRUNE_EVERY", 3)
+    monkeypatch.setattr(store_history, "KEEP_METRICS", 5)
+    monkeypatch.setattr(store_history, "KEEP_LOGS", 7)
+    monkeypatch.setattr(store_history, "PRUNE_EVERY", 3)
     store = Store.open(tmp_path / "s.db")
     for step in range(30):
         store.save_report(

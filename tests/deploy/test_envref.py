@@ -77,3 +77,25 @@ def test_cli_check_and_write(tmp_path: Path) -> None:
         [*cmd, "--check", str(tmp_path / "nope.md")], capture_output=True, text=True, cwd=REPO, check=False
     )
     assert missing.returncode == 2 and "nope.md" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_readme_has_the_commander_settings_from_their_model() -> None:
+    """relayctl serve's settings table is generated from CommanderConfig: every setting, its flag and variable."""
+    from relay.commander.config import reference_rows, settings
+
+    text = README.read_text(encoding="utf-8")
+    assert envref.COMMANDER_START in text and envref.COMMANDER_END in text
+    block = text[text.index(envref.COMMANDER_START) : text.index(envref.COMMANDER_END)]
+    rows = [ln for ln in block.splitlines() if ln.startswith("| `") or ln.startswith("| - |")]
+    assert len(rows) == len(reference_rows()) == len(list(settings()))
+    for row in reference_rows():
+        assert row["description"], row
+        assert any(
+            (f"`{row['flag']}`" in ln if row["flag"] else ln.startswith("| - |"))
+            and (f"`{row['env']}`" in ln if row["env"] else " | - | " in ln)
+            for ln in rows
+        ), row
+    for var in ("RELAY_STATE", "RELAY_LEASE_TTL", "RELAY_SHARED_SECRET", "RELAY_CALLBACK_INTERVAL_S"):
+        assert f"`{var}`" in block, var
+    stale = text.replace(block, f"{envref.COMMANDER_START}\nold\n")
+    assert not envref.is_current(stale)  # a stale commander block fails the check too

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -11,6 +10,7 @@ import time
 import pytest
 
 from relay.commander.callbacks import CallbackSettings, auth_header_pair
+from relay.commander.config import CommanderConfigError, load_commander_config
 from relay_testkit.wait import until
 from tests.commander.calls import acquire, closed_port, get_run, lease_body, release, report
 from tests.jobs.calls import FAST, spec, submit
@@ -137,7 +137,7 @@ async def test_connection_refused_then_the_receiver_comes_up(commander):
 
 
 async def test_deliveries_are_dropped_after_max_attempts_and_the_next_one_goes(make_commander, receiver):
-    commander = await make_commander(callbacks=dataclasses.replace(FAST, max_attempts=2))
+    commander = await make_commander(callbacks=FAST.model_copy(update={"max_attempts": 2}))
     receiver.failing = True
     await submit(commander, with_callbacks("j1", receiver.url))
 
@@ -155,7 +155,7 @@ async def test_deliveries_are_dropped_after_max_attempts_and_the_next_one_goes(m
 
 
 async def test_heartbeats_while_running_and_none_after(make_commander, receiver):
-    commander = await make_commander(callbacks=dataclasses.replace(FAST, interval_s=0.2))
+    commander = await make_commander(callbacks=FAST.model_copy(update={"interval_s": 0.2}))
     await submit(commander, with_callbacks("hb", receiver.url))
     _, grant = await acquire(commander, None)
     await report(commander, grant, step=7, metrics={"loss": 0.25})
@@ -170,7 +170,7 @@ async def test_heartbeats_while_running_and_none_after(make_commander, receiver)
 
 
 async def test_a_hanging_receiver_never_slows_lease_calls(make_commander, receiver):
-    commander = await make_commander(callbacks=dataclasses.replace(FAST, timeout_s=5))
+    commander = await make_commander(callbacks=FAST.model_copy(update={"timeout_s": 5}))
     receiver.delay_s = 2.0
     await submit(commander, with_callbacks("slow", receiver.url))
     await until(lambda: receiver.attempts >= 1, what="a delivery in flight")
@@ -202,15 +202,32 @@ async def test_the_auth_header_never_shows_in_answers_or_logs(commander, receive
 
 
 def test_settings_from_the_environment():
-    settings = CallbackSettings.from_env(
-        {"RELAY_CALLBACK_INTERVAL_S": "2.5", "RELAY_CALLBACK_MAX_ATTEMPTS": "4"}
-    )
+    def from_env(env: dict[str, str]) -> CallbackSettings:
+        return load_commander_config(env=env).callbacks
+
+    settings = from_env({"RELAY_CALLBACK_INTERVAL_S": "2.5", "RELAY_CALLBACK_MAX_ATTEMPTS": "4"})
     assert settings.interval_s == 2.5 and settings.max_attempts == 4 and settings.deliver
-    assert not CallbackSettings.from_env({"RELAY_CALLBACK_DELIVER": "0"}).deliver
-    with pytest.raises(ValueError, match="RELAY_CALLBACK_INTERVAL_S"):
-        CallbackSettings.from_env({"RELAY_CALLBACK_INTERVAL_S": "soon"})
-    with pytest.raises(ValueError, match="RELAY_CALLBACK_TIMEOUT_S"):
-        CallbackSettings.from_env({"RELAY_CALLBACK_TIMEOUT_S": "-1"})
+    assert not from_env({"RELAY_CALLBACK_DELIVER": "0"}).deliver
+    assert from_env({"RELAY_CALLBACK_DELIVER": "yes"}).deliver
+    for env, message in (
+        (
+            {"RELAY_CALLBACK_INTERVAL_S": "soon"},
+            "RELAY_CALLBACK_INTERVAL_S must be a number of seconds (got 'soon')",
+        ),
+        (
+            {"RELAY_CALLBACK_TIMEOUT_S": "-1"},
+            "RELAY_CALLBACK_TIMEOUT_S: input should be greater than 0 (got '-1')",
+        ),
+        (
+            {"RELAY_CALLBACK_MAX_ATTEMPTS": "2.5"},
+            "RELAY_CALLBACK_MAX_ATTEMPTS must be a whole number (got '2.5')",
+        ),
+        ({"RELAY_CALLBACK_BACKOFF_S": "inf"}, "RELAY_CALLBACK_BACKOFF_S must be a finite number of seconds"),
+        ({"RELAY_CALLBACK_DELIVER": "maybe"}, "RELAY_CALLBACK_DELIVER must be true or false"),
+    ):
+        with pytest.raises(CommanderConfigError) as info:
+            from_env(env)
+        assert message in str(info.value) and "\n" not in str(info.value), info.value
 
 
 def test_pending_deliveries_survive_kill_9_of_the_commander(tmp_path, commander_factory):

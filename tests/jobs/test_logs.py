@@ -1,10 +1,11 @@
-"""GET /api/runs/{run_id}/logs: the timeline from reports, a cursor, a tail, a bound per run."""
+"""GET /api/runs/{run_id}/logs: the timeline from reports, a cursor, a tail, a bound per run, and the pod
+and epoch of every line."""
 
 from __future__ import annotations
 
 from relay.client import CommanderClient, NotFound
-from relay.commander import store as store_module
-from tests.commander.calls import acquire, report
+from relay.commander.store import history
+from tests.commander.calls import acquire, release, report
 
 
 def lines(*texts: str, stream: str = "stdout", t0: float = 100.0) -> list[dict]:
@@ -38,6 +39,30 @@ async def test_log_lines_from_reports_come_back_in_order_with_a_cursor(commander
     assert [x["line"] for x in new["lines"]] == ["c"]
 
 
+async def test_each_line_carries_the_pod_and_epoch_whose_report_shipped_it(commander):
+    """The lease of the report says who printed a line; a hand-over shows where each pod's output is."""
+    _, first = await acquire(commander, "r1", "pod-a")
+    await report(commander, first, "pod-a", step=1, log_tail=lines("a1", "a2"))
+    await release(commander, first, "preempted", "pod-a")
+    _, second = await acquire(commander, "r1", "pod-b")
+    await report(commander, second, "pod-b", step=2, log_tail=lines("b1"), message="resumed at step 1")
+    _, third = await acquire(commander, "r1", "pod-b")  # the same pod again: epoch 3
+    await report(commander, third, "pod-b", step=3, log_tail=lines("b2", stream="stderr"))
+    # a late report of a fenced epoch is refused: its lines never join the timeline
+    assert (await report(commander, second, "pod-b", step=9, log_tail=lines("late")))[0] == 409
+    status, page = await get_logs(commander)
+    assert status == 200
+    assert [(x["line"], x["worker_id"], x["epoch"]) for x in page["lines"]] == [
+        ("a1", "pod-a", 1),
+        ("a2", "pod-a", 1),
+        ("b1", "pod-b", 2),
+        ("resumed at step 1", "pod-b", 2),
+        ("b2", "pod-b", 3),
+    ]
+    _, tail = await get_logs(commander, tail=1)
+    assert [(x["stream"], x["worker_id"], x["epoch"]) for x in tail["lines"]] == [("stderr", "pod-b", 3)]
+
+
 async def test_pages_by_limit_and_a_tail(commander):
     _, grant = await acquire(commander)
     await report(commander, grant, step=1, log_tail=lines(*[f"l{i}" for i in range(25)]))
@@ -63,8 +88,8 @@ async def test_bad_queries_and_unknown_runs(commander):
 
 
 async def test_logs_are_bounded_per_run(commander, monkeypatch):
-    monkeypatch.setattr(store_module, "KEEP_LOGS", 50)
-    monkeypatch.setattr(store_module, "_PRUNE_EVERY", 10)
+    monkeypatch.setattr(history, "KEEP_LOGS", 50)
+    monkeypatch.setattr(history, "PRUNE_EVERY", 10)
     _, grant = await acquire(commander)
     for batch in range(10):
         await report(commander, grant, step=batch, log_tail=lines(*[f"{batch}-{i}" for i in range(20)]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.client import BadRequest, CommanderClient, NoWaitingRun, SpecConflict
-from relay.commander.app import build_openapi
+from relay.commander.openapi import build_openapi
 from relay.schema import AcquireRequest, RunSpec
 from tests.commander.calls import acquire, get_run, release
 from tests.jobs.calls import spec, submit

@@ -1,4 +1,4 @@
-"""One rule for a remote URL (``relay.remote.url``): the worker config, the job spec on the wire and
+"""One rule for a remote URL (``relay.urls``): the worker config, the job spec on the wire and
 ``open_remote`` accept and refuse exactly the same URLs, so a spec the commander took is never refused
 by a worker after it took the lease."""
 
@@ -11,9 +11,9 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from relay.config import WorkerConfig
-from relay.remote import RemoteConfigError, open_remote
-from relay.remote.url import REMOTE_PATTERN, RemoteURL, parse_remote_url
+from relay.remote import RemoteConfigError, RemoteError, open_remote
 from relay.schema import RemoteUrl
+from relay.urls import REMOTE_PATTERN, RemoteURL, RemoteURLError, parse_remote_url
 
 GOOD = {
     "hf://owner/repo": RemoteURL("hf", repo_id="owner/repo"),
@@ -44,7 +44,7 @@ BAD = {
 @pytest.mark.parametrize("url", sorted(GOOD))
 def test_good_urls_parse_the_same_everywhere(url: str) -> None:
     assert parse_remote_url(url) == GOOD[url]
-    cfg = WorkerConfig(run_id="r", mode="sft", commander_url="http://h:1", remote=url)
+    cfg = WorkerConfig(run_id="r", mode="sft", commander_url="http://h:1", remote=url, hf_token="hf_x")
     assert cfg.remote == url.strip()
     assert TypeAdapter(RemoteUrl).validate_python(url) == url
     remote = open_remote(url, "run1")
@@ -54,11 +54,12 @@ def test_good_urls_parse_the_same_everywhere(url: str) -> None:
 @pytest.mark.parametrize("url", sorted(BAD))
 def test_bad_urls_are_refused_everywhere_with_the_same_reason(url: str) -> None:
     reason = BAD[url]
-    with pytest.raises(RemoteConfigError, match=re.escape(reason)) as info:
+    with pytest.raises(RemoteURLError, match=re.escape(reason)) as info:
         parse_remote_url(url)
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value).replace(repr(url), "")
-    with pytest.raises(RemoteConfigError, match=re.escape(reason)):
+    with pytest.raises(RemoteConfigError, match=re.escape(reason)) as opened:
         open_remote(url, "run1")
+    assert isinstance(opened.value, RemoteError)  # a worker handles it with the other remote failures
     with pytest.raises(ValidationError) as cfg_err:
         WorkerConfig(run_id="r", mode="sft", commander_url="http://h:1", remote=url)
     assert reason in str(cfg_err.value)
@@ -78,3 +79,25 @@ def test_openapi_pattern_is_a_first_pass_of_the_same_rule() -> None:
         assert re.fullmatch(REMOTE_PATTERN, url.strip()), url
     for url in ("s3://bucket/x", "file://host/abs", "hf://only-owner", "file:///a\nb"):
         assert not re.fullmatch(REMOTE_PATTERN, url), url
+
+
+@pytest.mark.parametrize("module", ["relay.schema", "relay.config", "relay.urls"])
+def test_the_rule_loads_no_remote_and_no_checkpoint_code(module: str) -> None:
+    """The wire schema and the worker config validate a URL string without loading the remotes or the
+    checkpoint store behind them (a fresh interpreter, so nothing else imported them first)."""
+    import subprocess
+    import sys
+
+    probe = (
+        f"import {module}, sys; "
+        "loaded = sorted(m for m in sys.modules if m.startswith(('relay.remote', 'relay.ckpt'))); "
+        "print(','.join(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.stdout.strip() == "", f"{module} loads {result.stdout.strip()}"

@@ -45,25 +45,25 @@ def pc_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("pc") / "train.jsonl", prompt_completion_rows(32))
 
 
-# The third-party trainers (tests/trainer/third_party_recipes.py); a missing environment fails the tests
+# The third-party trainers (relay_testkit/trainer_recipes.py); a missing environment fails the tests
 # that need it with the command that builds it.
 @pytest.fixture(scope="session")
 def lf_recipe(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, pc_data: Path) -> Recipe:
-    from tests.trainer.third_party_recipes import llamafactory_recipe
+    from relay_testkit.trainer_recipes import llamafactory_recipe
 
     return llamafactory_recipe(tmp_path_factory.mktemp("lf"), tiny_model, pc_data)
 
 
 @pytest.fixture(scope="session")
 def trl_recipe(tiny_model: Path, pc_data: Path) -> Recipe:
-    from tests.trainer.third_party_recipes import trl_recipe
+    from relay_testkit.trainer_recipes import trl_recipe
 
     return trl_recipe(tiny_model, pc_data)
 
 
 @pytest.fixture(scope="session")
 def user_recipe(tiny_model: Path, pc_data: Path) -> Recipe:
-    from tests.trainer.third_party_recipes import user_script_recipe
+    from relay_testkit.trainer_recipes import user_script_recipe
 
     return user_script_recipe(tiny_model, pc_data)
 

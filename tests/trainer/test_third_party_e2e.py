@@ -22,9 +22,9 @@ from typing import Any
 
 from relay_testkit.third_party import Recipe, base_env, kill_group, max_weight_diff, start, tail
 from relay_testkit.trainer_env import PLUGINS_DIR
+from relay_testkit.trainer_recipes import STEPS
 from relay_testkit.wait import wait_for
 from relay_testkit.workerproc import REPO_ROOT, WorkerProc
-from tests.trainer.third_party_recipes import STEPS
 
 TTL = 10.0
 STOP_AT = 4

@@ -1,4 +1,4 @@
-"""The three third-party trainers the relay is tested with, as session fixtures (tests/trainer/conftest.py).
+"""The three third-party trainers the relay is tested with (tests/trainer/conftest.py's fixtures, the bench).
 
 Each recipe is the same command wherever it runs (its output directory is relative, ``user_out``), with a
 few steps on the tiny model and a local data set: LLaMA-Factory (``llamafactory-cli train x.yaml``, LoRA)
@@ -16,7 +16,7 @@ import yaml
 from relay_testkit.third_party import Recipe, trainer_env_bin
 
 STEPS = 10
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+USER_SCRIPT = Path(__file__).resolve().parent / "user_trainer_script.py"
 
 
 def llamafactory_recipe(root: Path, model: Path, pc_data: Path) -> Recipe:
@@ -83,5 +83,5 @@ def trl_recipe(model: Path, pc_data: Path) -> Recipe:
 
 
 def user_script_recipe(model: Path, pc_data: Path) -> Recipe:
-    command = [sys.executable, str(SCRIPTS / "user_trainer.py"), str(model), str(pc_data), "user_out"]
+    command = [sys.executable, str(USER_SCRIPT), str(model), str(pc_data), "user_out"]
     return Recipe("user_script", command, "model.safetensors", final_subdir="my-final-model")

@@ -2,7 +2,7 @@
 own output_dir, save_total_limit=2, resuming from its own last checkpoint when it finds one, and an explicit
 final ``save_model`` into a directory of its choosing.
 
-    python user_trainer.py MODEL_DIR DATA_JSONL OUTPUT_DIR
+    python user_trainer_script.py MODEL_DIR DATA_JSONL OUTPUT_DIR
 """
 
 import json

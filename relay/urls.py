@@ -2,7 +2,8 @@
 
 The worker's config, the job spec on the wire (``relay.schema``) and ``open_remote`` all call
 ``parse_remote_url``, so a URL one of them accepts is never refused by another later, on a pod, after
-the lease was taken.  Stdlib only: the schema and the config import it.
+the lease was taken.  Stdlib only and outside ``relay.remote``: the schema and the config import it
+without loading the remotes and the checkpoint store behind them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote
 
-from relay.remote.base import RemoteConfigError
+
+class RemoteURLError(ValueError):
+    """A remote URL or Hub repo id that breaks the rule; ``str()`` says what is wrong.
+
+    ``open_remote`` and ``HubRemote`` raise it as ``relay.remote.RemoteConfigError``, a subclass that
+    is also a ``RemoteError``, so a worker opening a remote handles it with the other remote failures.
+    """
+
 
 #: A Hub repo id as the Hub accepts it: owner/name, each 1-96 of A-Z a-z 0-9 . _ - (and, checked apart,
 #: no ".." or "--" anywhere).
@@ -35,31 +43,31 @@ class RemoteURL:
 
 
 def check_repo_id(repo_id: str) -> str:
-    """``repo_id`` if the Hub would accept it as owner/name; else RemoteConfigError."""
+    """``repo_id`` if the Hub would accept it as owner/name; else RemoteURLError."""
     if not isinstance(repo_id, str) or not REPO_ID_RE.match(repo_id) or ".." in repo_id or "--" in repo_id:
-        raise RemoteConfigError(f"Hub repo id must look like owner/name (got {repo_id!r})")
+        raise RemoteURLError(f"Hub repo id must look like owner/name (got {repo_id!r})")
     return repo_id
 
 
 def parse_remote_url(url: str) -> RemoteURL:
-    """Parse ``url`` (surrounding whitespace ignored); RemoteConfigError (a ValueError) says what is wrong."""
+    """Parse ``url`` (surrounding whitespace ignored); RemoteURLError (a ValueError) says what is wrong."""
     if not isinstance(url, str) or not url.strip():
-        raise RemoteConfigError(f"remote URL is empty ({EXPECTED})")
+        raise RemoteURLError(f"remote URL is empty ({EXPECTED})")
     url = url.strip()
     if len(url) > 2048:
-        raise RemoteConfigError(f"remote URL is longer than 2048 characters ({EXPECTED})")
+        raise RemoteURLError(f"remote URL is longer than 2048 characters ({EXPECTED})")
     if _CONTROL.search(url):
-        raise RemoteConfigError(f"remote URL must not contain control characters (got {url!r})")
+        raise RemoteURLError(f"remote URL must not contain control characters (got {url!r})")
     if url.startswith("hf://"):
         try:
             return RemoteURL("hf", repo_id=check_repo_id(url[len("hf://") :]))
-        except RemoteConfigError:
-            raise RemoteConfigError(f"hf:// remote must be hf://owner/repo (got {url!r})") from None
+        except RemoteURLError:
+            raise RemoteURLError(f"hf:// remote must be hf://owner/repo (got {url!r})") from None
     if url.startswith("file:"):
         if not url.startswith("file:///"):
-            raise RemoteConfigError(f"file remote must be file:///absolute/path, with no host (got {url!r})")
+            raise RemoteURLError(f"file remote must be file:///absolute/path, with no host (got {url!r})")
         path = unquote(url[len("file://") :])  # Path.as_uri() encodes; a hand-typed path may not
         if "\x00" in path or not path.startswith("/"):
-            raise RemoteConfigError(f"file remote path must be absolute (got {url!r})")
+            raise RemoteURLError(f"file remote path must be absolute (got {url!r})")
         return RemoteURL("file", path=Path(path))
-    raise RemoteConfigError(f"unsupported remote URL {url!r} ({EXPECTED})")
+    raise RemoteURLError(f"unsupported remote URL {url!r} ({EXPECTED})")
