@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SecretStr,
@@ -35,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from relay.config_speed import SpeedSettings
 from relay.ids import id_problem
 from relay.urls import check_repo_id, parse_remote_url
 from relay.yamlio import YamlError, load_yaml
@@ -67,8 +67,9 @@ def _env(name: str) -> dict[str, Any]:
     return {"env": name}
 
 
-class WorkerConfig(BaseModel):
-    """What one worker needs to carry a run: where the commander is, what to train, where bytes go."""
+class WorkerConfig(SpeedSettings):
+    """What one worker needs to carry a run: where the commander is, what to train, where bytes go
+    (and, from :class:`~relay.config_speed.SpeedSettings`, how fast it picks up and checkpoints)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 

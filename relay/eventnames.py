@@ -41,6 +41,7 @@ class EventName(str, Enum):
     sync_failed = "sync_failed"
     hang_detected = "hang_detected"
     trainer_restarted = "trainer_restarted"
+    save_cadence = "save_cadence"  # the interval the worker asks the trainer for saves at, and why
     # the commander's alone
     lease_expired = "lease_expired"
     cancel_requested = "cancel_requested"
@@ -59,6 +60,7 @@ REPORTED_EVENTS = frozenset(
         _E.sync_failed,
         _E.hang_detected,
         _E.trainer_restarted,
+        _E.save_cadence,
     }
 )
 #: How a lease ends in a worker's own log: a release outcome, or ``fenced`` (it lost the lease).

@@ -88,6 +88,11 @@ class RunLayout:
         return self.run_dir / "progress.jsonl"
 
     @property
+    def save_request_file(self) -> Path:
+        """The trainer contract's save-request file (RELAY_SAVE_REQUEST_FILE): the worker asks for a save."""
+        return self.run_dir / "save_request.json"
+
+    @property
     def train_config_file(self) -> Path:
         return self.run_dir / "train_config.json"
 

@@ -55,6 +55,7 @@ from relay.commander.routes import (
 )
 from relay.commander.store import Store, StoreError
 from relay.commander.views import RunViews
+from relay.commander.wakeups import Wakeups
 from relay.ids import id_problem
 from relay.schema import (
     AcquireDenied,
@@ -207,6 +208,7 @@ class CommanderApi:
     ) -> None:
         self.leases = leases
         self.store = leases.store
+        self.wakeups = leases.watch or Wakeups(leases)
         self.control = RunControl(leases)
         self.views = RunViews(leases, callbacks)
         self.auth = auth
@@ -297,7 +299,7 @@ class CommanderApi:
 
     async def acquire(self, request: web.Request) -> web.StreamResponse:
         req = AcquireRequest.model_validate_json(await _body(request))
-        grant = self.leases.acquire(req)
+        grant, waited = await self.wakeups.acquire(req, connected=lambda: _connected(request))
         return _json(
             AcquireGranted(
                 run_id=grant.run.run_id,
@@ -307,6 +309,7 @@ class CommanderApi:
                 renew_interval_s=self.leases.renew_interval_s,
                 run=self.views.summary(grant.run),
                 spec=grant.spec,
+                waited_s=round(waited, 3),
             )
         )
 
@@ -359,6 +362,13 @@ class CommanderApi:
         return _json(self.views.summary(row))
 
 
+def _connected(request: web.Request) -> bool:
+    """Whether the caller is still there to be answered (a long-polled acquire is never granted to a
+    connection that closed while it waited)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 def _path_regex(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "[^/]+", re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
 
@@ -378,6 +388,7 @@ def create_app(
     store = Store.open(state_path)
     try:
         leases = LeaseManager(store, ttl_s=lease_ttl_s)
+        leases.watch = Wakeups(leases)
         restored = leases.load()
     except Exception:
         store.close()
@@ -400,8 +411,14 @@ def create_app(
     async def group_commit(_: web.Application) -> None:
         # A batch that fails to commit was rolled back: rebuild the live leases from what is on disk.
         store.start_group_commit(asyncio.get_running_loop(), on_error=lambda _exc: leases.load())
+        api.wakeups.clock.start(asyncio.get_running_loop())
 
     app.on_startup.append(group_commit)
+
+    async def end_long_polls(_: web.Application) -> None:
+        api.wakeups.close()  # parked acquires answer now instead of holding the shutdown
+
+    app.on_shutdown.append(end_long_polls)
 
     async def close_store(_: web.Application) -> None:
         store.close()

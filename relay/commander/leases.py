@@ -34,6 +34,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from relay.commander import runs
 from relay.commander.errors import (
@@ -78,6 +79,9 @@ from relay.schema import (
     RunStatus,
 )
 
+if TYPE_CHECKING:
+    from relay.commander.wakeups import Wakeups
+
 log = logging.getLogger("relay.commander")
 
 
@@ -118,6 +122,8 @@ class LeaseManager:
     wall: Callable[[], float] = time.time
     stats: Stats = field(default_factory=Stats)
     callback_outbox: CallbackOutbox | None = None
+    #: told of every new live lease and every run change that may wake a long-polled acquire
+    watch: Wakeups | None = None
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
@@ -144,6 +150,8 @@ class LeaseManager:
             )
             for row in self.store.held_leases()
         }
+        if self.watch is not None:
+            self.watch.leases_reloaded(list(self._live.values()))
         return len(self._live)
 
     def held_count(self) -> int:
@@ -234,6 +242,8 @@ class LeaseManager:
             cancel_requested=row.cancel_requested,
         )
         self._live[row.run_id] = new
+        if self.watch is not None:
+            self.watch.lease_started(new)
         self.stats.grants += 1
         log.info("run %s: %s", row.run_id, message)
         return Grant(run=row, lease=new, spec=granted_spec(row))
@@ -289,6 +299,7 @@ class LeaseManager:
             lease=LeaseEnded(row.epoch, req.outcome.value, wall, req.step),
         )
         del self._live[req.run_id]
+        self.run_changed(row)
         self.stats.releases += 1
         log.info("run %s: %s by %s -> %s", req.run_id, message, req.worker_id, target.value)
         return target
@@ -367,10 +378,16 @@ class LeaseManager:
             lease=LeaseEnded(lease.epoch, "expired", wall),
         )
         self._live.pop(lease.run_id, None)
+        self.run_changed(row)
         self.stats.expiries += 1
         if target is RunStatus.preempted:
             self.stats.preemptions += 1
         log.warning("run %s: %s -> %s", lease.run_id, row.detail, target.value)
+
+    def run_changed(self, row: RunRow) -> None:
+        """A run was released, expired, submitted or cancelled: long-polled acquires waiting for it wake."""
+        if self.watch is not None:
+            self.watch.run_changed(row)
 
     def request_cancel(self, run_id: str) -> None:
         """Flag the run's live lease, so its holder learns of the cancel on its next renew."""

@@ -97,6 +97,11 @@ class CommanderCollector(Collector):
             by_status.add_metric([status.value], counts.get(status.value, 0))
         yield by_status
         yield GaugeMetricFamily("relay_leases_held", "Live leases.", value=self.leases.held_count())
+        if self.leases.watch is not None:
+            parked = self.leases.watch.waiters.count()
+            yield GaugeMetricFamily(
+                "relay_acquires_waiting", "Long-polled acquires parked now.", value=parked
+            )
 
         yield from self._per_run()
 

@@ -92,7 +92,10 @@ async def _serve(config: CommanderConfig) -> int:
     app = create_app(
         config.state, secret=secret, lease_ttl_s=config.lease_ttl_s, callback_settings=config.callbacks
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    # handler_cancellation: a long-polled acquire whose pod hung up stops waiting at once
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=5.0, handler_cancellation=True
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)

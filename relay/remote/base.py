@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,11 +30,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from relay.ckpt.errors import ManifestError
-from relay.ckpt.fsutil import empty_dir, sha256_bytes
-from relay.ckpt.install import install_pulled, same_local
+from relay.ckpt.fsutil import sha256_bytes
 from relay.ckpt.layout import CKPT_DIR_FMT, MANIFEST_NAME, RunLayout
 from relay.ckpt.manifest import CommittedCheckpoint, FileEntry, Manifest, now_iso
-from relay.ckpt.verify import SkippedCheckpoint, verify_checkpoint
+from relay.ckpt.verify import SkippedCheckpoint
 from relay.ids import id_problem
 from relay.urls import RemoteURLError
 
@@ -94,6 +91,10 @@ def by_url_rule(rule: Callable[[str], _T], value: str) -> _T:
         return rule(value)
     except RemoteURLError as exc:
         raise RemoteConfigError(str(exc)) from None
+
+
+class PullCancelled(RemoteError):
+    """A pull stopped because its caller asked it to (a standby that got the lease)."""
 
 
 class RemoteCorruptError(RemoteError):
@@ -180,8 +181,11 @@ class PullReport:
     revision: str | None = None
     step: int | None = None
     skipped: list[SkippedCheckpoint] = field(default_factory=list)
-    bytes_received: int = 0
-    reused_local: bool = False
+    bytes_received: int = 0  # over the wire
+    reused_local: bool = False  # the volume held this very checkpoint: nothing pulled
+    files_received: int = 0
+    files_reused: int = 0  # linked from checkpoints already on the volume (relay.ckpt.reuse)
+    bytes_reused: int = 0
 
 
 def decide_push(
@@ -261,17 +265,6 @@ def load_local_manifest(ckpt: CommittedCheckpoint, *, run_id: str) -> tuple[Mani
     return manifest, data
 
 
-def _tty_progress(total: int, desc: str):
-    """A tqdm bar when stdout is a terminal, else None."""
-    if not sys.stdout.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with huggingface_hub
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """One consistent view of the remote: the revision, the state.json there and its checkpoint steps."""
@@ -330,92 +323,31 @@ class Remote(ABC):
         Raise FileNotFoundError for a file the remote lacks, RemoteError for transport failures."""
 
     # -- shared pull -----------------------------------------------------------------------------
-    def pull_newest(self, layout: RunLayout, *, revision: str | None = None) -> CommittedCheckpoint | None:
+    def pull_newest(
+        self,
+        layout: RunLayout,
+        *,
+        revision: str | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> CommittedCheckpoint | None:
         """Download the newest remote checkpoint that verifies into ``layout.incoming_dir``, verify it,
         and rename it into ``layout.step_dir(step)``. None only when the remote has nothing for this run;
         RemoteCorruptError when it has checkpoints but none verifies; RemoteError on transport failure.
-        Pinned to one revision (``revision`` or the head read at the start) from start to end."""
+        Pinned to one revision (``revision`` or the head read at the start) from start to end.
+
+        Files that a checkpoint already on the volume holds (same sha256) are linked, not downloaded
+        (``relay.ckpt.reuse``); ``last_pull`` says how many bytes came over the wire and how many were
+        reused.  ``cancel()`` true aborts the pull between chunks with :class:`PullCancelled`."""
         if layout.run_id != self.run_id:
             raise RemoteError(f"layout is for run {layout.run_id!r}, remote for {self.run_id!r}")
+        from relay.remote.pull import pull_newest
+
         try:
-            return self._pull_newest(layout, revision)
+            return pull_newest(self, layout, revision, cancel)
         except OSError as exc:  # the local side: disk full, permissions (remote I/O is already typed)
             raise RemoteError(
                 f"pull from {self.url} into {layout.ckpt_dir} failed: {exc.strerror or exc}", retryable=True
             ) from None
-
-    def _pull_newest(self, layout: RunLayout, revision: str | None) -> CommittedCheckpoint | None:
-        snap = self._snapshot(revision)
-        report = PullReport(revision=snap.revision)
-        self.last_pull = report
-        if not snap.steps and snap.state is None:
-            return None
-        candidates, early = pull_candidates(snap.state, snap.steps)
-        report.skipped.extend(
-            SkippedCheckpoint(Path(remote_ckpt_prefix(self.run_id, s)), r, "superseded") for s, r in early
-        )
-        layout.ensure()
-        empty_dir(layout.incoming_dir)
-        for step in candidates:
-            where = f"{self.url} {remote_ckpt_prefix(self.run_id, step)}"
-
-            def skip(reason: str, code: str, _where: str = where) -> None:
-                log.warning("pull: skipping %s: %s", _where, reason)
-                report.skipped.append(SkippedCheckpoint(Path(_where), reason, code))
-
-            data = self._read_manifest_bytes(snap, step)
-            if data is None:
-                skip("no manifest.json on the remote", "no_manifest")
-                continue
-            msha = sha256_bytes(data)
-            if snap.state is not None and step == snap.state.step and msha != snap.state.manifest_sha256:
-                skip("manifest.json does not match the sha256 in relay/state.json", "hash_mismatch")
-                continue
-            try:
-                manifest = Manifest.from_json_bytes(data, origin=where)
-            except ManifestError as exc:
-                skip(str(exc), "bad_manifest")
-                continue
-            if manifest.run_id != self.run_id or manifest.step != step:
-                skip(f"manifest is for run {manifest.run_id!r} step {manifest.step}", "wrong_run")
-                continue
-            local = same_local(layout, step, msha)
-            if local is not None:
-                report.step, report.reused_local = step, True
-                return local
-            tmp = layout.incoming_dir / f"{CKPT_DIR_FMT % step}.{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
-            bar = _tty_progress(manifest.total_bytes, f"pull step {step}")
-            received = [0]
-
-            def on_bytes(n: int, _bar=bar, _received=received) -> None:
-                _received[0] += n
-                if _bar is not None:
-                    _bar.update(n)
-
-            try:
-                self._download(snap, step, manifest.files, tmp, on_bytes)
-            except FileNotFoundError as exc:
-                skip(f"remote is missing {exc.filename or exc}", "missing_file")
-                empty_dir(layout.incoming_dir)
-                continue
-            finally:
-                if bar is not None:
-                    bar.close()
-                report.bytes_received += received[0]
-            (tmp / MANIFEST_NAME).write_bytes(data)
-            result = verify_checkpoint(tmp, expected_run_id=self.run_id, expected_step=step)
-            if not result.ok:
-                skip(f"downloaded copy does not verify: {result.reason}", result.code or "invalid")
-                empty_dir(layout.incoming_dir)
-                continue
-            committed = install_pulled(layout, tmp, manifest, data)
-            report.step = step
-            return committed
-        reasons = "; ".join(f"{s.path}: {s.reason}" for s in report.skipped) or "no checkpoints listed"
-        raise RemoteCorruptError(
-            f"{self.url}: no remote checkpoint for run {self.run_id} verifies ({reasons})"
-        )
 
 
 def with_revision(state: RemoteState | None, revision: str | None) -> RemoteState | None:

@@ -244,6 +244,7 @@ def trainer_env(
         RELAY_RESUME_FROM=str(resume.path) if resume is not None else "",
         RELAY_PROGRESS_FILE=str(layout.progress_file),
         RELAY_TRAIN_CONFIG=str(layout.train_config_file),
+        RELAY_SAVE_REQUEST_FILE=str(layout.save_request_file),
         RELAY_PYTHON=sys.executable,
         PYTHONUNBUFFERED="1",
     )

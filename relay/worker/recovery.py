@@ -11,7 +11,8 @@ The rules, in order:
    (:func:`relay.ckpt.verify.recover_local`).
 3. Read the remote's state, retrying transient errors.
 4. The remote holds a strictly newer step than the local survivor (or there is none): pull the
-   newest remote checkpoint that verifies.  When nothing on the remote verifies, the local
+   newest remote checkpoint that verifies, downloading only the files no checkpoint on the volume
+   holds (a warm standby kept the previous one here: ``relay.worker.standby``).  When nothing on the remote verifies, the local
    checkpoint is the best there is; with no local one either, recovery fails.
 5. Otherwise the local checkpoint; when the remote is behind it, hand it to the syncer so the remote
    catches up with this volume.
@@ -103,19 +104,29 @@ async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) ->
             pulled = None
         if pulled is not None:
             ckpts.adopt(pulled)
+            report = remote.last_pull  # what the pull moved: only the files the volume lacked
             events.emit(
                 "resumed",
                 step=pulled.step,
                 source="remote",
                 path=str(pulled.path),
                 bytes=getattr(pulled, "total_bytes", None),
+                downloaded_bytes=report.bytes_received if report is not None else None,
+                reused_bytes=report.bytes_reused if report is not None else None,
                 download_s=round(time.monotonic() - started, 3),
                 skipped=len(getattr(scan, "skipped", []) or []) or None,
             )
             return pulled
     if local is not None:  # rule 5
         ckpts.adopt(local)
-        events.emit("resumed", step=local.step, source="local", path=str(local.path), remote_step=remote_step)
+        events.emit(
+            "resumed",
+            step=local.step,
+            source="local",
+            path=str(local.path),
+            remote_step=remote_step,
+            downloaded_bytes=0,
+        )
         if ckpts.syncer is not None and remote_is_behind(local.step, remote_step):
             ckpts.syncer.submit(local)  # the remote is behind this volume: catch it up
         return local

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from relay.schema import RunSpec
     from relay.worker.lease import Lease
     from relay.worker.signals import StopSignals
+    from relay.worker.standby import Standby
 
 log = logging.getLogger("relay.worker")
 S = State
@@ -78,6 +79,7 @@ class RunSession:
         *,
         signals: StopSignals,
         lifecycle: Lifecycle,
+        standby: Standby | None = None,
     ) -> None:
         from relay.ckpt.layout import RunLayout
 
@@ -124,6 +126,7 @@ class RunSession:
         self.supervisor = Supervisor(ctx)
         self.handoff = Handoff(ctx, self.supervisor)
         self._file_log: logging.Handler | None = None
+        self.standby = standby  # the warm standby of the wait for this lease: stopped before recovery
 
     async def run(self) -> Outcome:
         ctx = self.ctx
@@ -139,6 +142,8 @@ class RunSession:
                 return await self.handoff.fenced()
             raise
         finally:
+            if self.standby is not None:  # ended before recovery (fenced, signalled): never left running
+                await self.standby.stop()
             await self._cleanup()
 
     async def _run(self) -> Outcome:
@@ -182,6 +187,8 @@ class RunSession:
         """RECOVERING: open the remote, then choose the checkpoint to resume from (relay.worker.recovery)."""
         ctx = self.ctx
         cfg = ctx.cfg
+        if self.standby is not None:  # it must be off the volume before recovery reads it
+            await self.standby.stop()
         if cfg.remote:
             ctx.ckpts.open_remote(
                 cfg.remote,

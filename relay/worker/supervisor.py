@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.backoff import Backoff
+from relay.worker.cadence import Cadence
 from relay.worker.context import Interrupted, RunContext
 from relay.worker.launcher import TrainerProcess, trainer_argv, trainer_env, write_train_config
 from relay.worker.lifecycle import State
@@ -95,11 +96,13 @@ class Supervisor:
         self.tail = ProgressTail(ctx.layout.progress_file)
         self.trainer: TrainerProcess | None = None
         self.stop_started: float | None = None
+        self.cadence = Cadence(ctx)  # asks the trainer for saves by wall time (save_every_s)
 
     async def run(self, resume: CommittedCheckpoint | None) -> SupervisorResult:
         ctx = self.ctx
         if resume is not None:
             ctx.progress.trained(resume.step)
+        await self.cadence.start()
         attempt = 0
         while True:
             ctx.goto(S.LAUNCHING)
@@ -163,6 +166,7 @@ class Supervisor:
             )
         await in_thread(ctx.ckpts.clear_staging)
         write_train_config(ctx.layout.train_config_file, ctx.cfg.train)
+        self.cadence.launching()
         trainer = await TrainerProcess.start(
             argv,
             env=trainer_env(ctx.cfg, ctx.layout, epoch=ctx.lease.epoch, resume=resume),
@@ -207,6 +211,7 @@ class Supervisor:
                 asked = self._asked()
                 if asked is not None:
                     return asked
+                self.cadence.tick()
                 verdict = self.watchdog.check()
                 if verdict is Verdict.HANG:
                     return Watch.HUNG
@@ -229,6 +234,7 @@ class Supervisor:
         if not lines:
             return
         self.watchdog.progress()
+        self.cadence.lines(lines)
         last = lines[-1]
         self.ctx.progress.trained(last.step, last.metrics or None)
 
