@@ -208,7 +208,9 @@ class CommanderApi:
     ) -> None:
         self.leases = leases
         self.store = leases.store
-        self.wakeups = leases.watch or Wakeups(leases)
+        if not isinstance(leases.watch, Wakeups):  # create_app attaches it before load(); else now
+            leases.watch = Wakeups(leases)
+        self.wakeups: Wakeups = leases.watch
         self.control = RunControl(leases)
         self.views = RunViews(leases, callbacks)
         self.auth = auth

@@ -119,3 +119,14 @@ def is_fenced_holder(past: LeaseRow | None, claim: LeaseClaim) -> bool:
         and past.lease_id == claim.lease_id
         and past.worker_id == claim.worker_id
     )
+
+
+class LeaseWatch(Protocol):
+    """Told of every new live lease and every run change that may make a run grantable (the long-polled
+    acquires of ``relay.commander.wakeups`` wait on these)."""
+
+    def lease_started(self, lease: LiveLease) -> None: ...
+
+    def leases_reloaded(self, leases: list[LiveLease]) -> None: ...
+
+    def run_changed(self, row: RunRow) -> None: ...

@@ -34,7 +34,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from relay.commander import runs
 from relay.commander.errors import (
@@ -50,6 +49,7 @@ from relay.commander.lease_rules import (
     Decision,
     Holder,
     LeaseClaim,
+    LeaseWatch,
     LiveLease,
     decide_acquire,
     is_fenced_holder,
@@ -78,9 +78,6 @@ from relay.schema import (
     RunSpec,
     RunStatus,
 )
-
-if TYPE_CHECKING:
-    from relay.commander.wakeups import Wakeups
 
 log = logging.getLogger("relay.commander")
 
@@ -123,7 +120,7 @@ class LeaseManager:
     stats: Stats = field(default_factory=Stats)
     callback_outbox: CallbackOutbox | None = None
     #: told of every new live lease and every run change that may wake a long-polled acquire
-    watch: Wakeups | None = None
+    watch: LeaseWatch | None = None
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
