@@ -294,7 +294,8 @@ def waiter_proc(args: tuple[str, int, list[bytes], Any, Any]) -> None:
 
         conns = await open_connections(host, port, len(requests), on_response)
         for conn, req in zip(conns, requests, strict=True):
-            conn.send(req)
+            if req:  # an empty request: the connection stays idle
+                conn.send(req)
         ready.put(len(conns))
         while not stop.is_set():
             await asyncio.sleep(0.1)
@@ -303,6 +304,19 @@ def waiter_proc(args: tuple[str, int, list[bytes], Any, Any]) -> None:
         ready.put(answered)
 
     asyncio.run(main())
+
+
+def rss_kib(pid: int | None) -> int | None:
+    """Resident memory of a process (KiB), from /proc; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def parked_count(host: str, port: int, secret: str | None) -> int:
@@ -329,12 +343,14 @@ class Waiters:
         self.stop = ctx.Event()
         self.proc = ctx.Process(target=waiter_proc, args=((host, port, requests, self.ready, self.stop),))
         self.count = len(requests)
+        self.requests = requests
 
     def __enter__(self) -> Waiters:
         self.proc.start()
         sent = self.ready.get(timeout=120)
         deadline = time.monotonic() + 120
-        while parked_count(self.host, self.port, self.secret) < sent:
+        parking = sum(1 for r in self.requests if r)
+        while parked_count(self.host, self.port, self.secret) < parking:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {parked_count(self.host, self.port, self.secret)} of {sent} parked")
             time.sleep(0.2)
@@ -344,9 +360,32 @@ class Waiters:
         self.stop.set()
         self.answered_early = self.ready.get(timeout=60)
         self.proc.join(timeout=30)
+        time.sleep(0.5)  # the commander notices the hang-ups
         deadline = time.monotonic() + 60
         while parked_count(self.host, self.port, self.secret) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def memory_cost(n: int, *, parked: bool) -> int:
+    """How much resident memory ``n`` connections add to a fresh commander holding one run: idle
+    keep-alive connections, or each with a long-polled acquire parked for that run."""
+    from relay_testkit.commander_proc import CommanderProcess
+
+    with tempfile.TemporaryDirectory(prefix="lease-bench-mem-") as tmp:
+        with CommanderProcess(Path(tmp) / "state.db", lease_ttl_s=60.0) as cmd:
+            host, port = "127.0.0.1", cmd.port
+            hostport = f"{host}:{port}"
+            body = json.dumps({"run_id": "held", "worker_id": "holder"}).encode()
+            asyncio.run(
+                run_batch(host, port, [build_request(hostport, "/api/lease/acquire", body, None)], 1, "a")
+            )
+            time.sleep(0.5)
+            base = rss_kib(cmd.pid) or 0
+            wait = json.dumps({"run_id": "held", "worker_id": "standby", "wait_s": 600}).encode()
+            requests = [build_request(hostport, "/api/lease/acquire", wait, None) if parked else b""] * n
+            with Waiters(host, port, None, requests):
+                time.sleep(0.5)
+                return (rss_kib(cmd.pid) or 0) - base
 
 
 # --------------------------------------------------------------------------- main
@@ -491,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
         f"without (mean of the phases before and after) = {ratio:.2f}x ({waiters.answered_early} answered "
         "while parked)"
     )
+    if commander is not None and args.waiters:
+        idle_kib, parked_kib = (memory_cost(args.waiters, parked=p) for p in (False, True))
+        print(
+            f"  commander memory (a fresh commander each): {args.waiters} idle connections +{idle_kib:,} KiB, "
+            f"{args.waiters} parked long polls +{parked_kib:,} KiB"
+        )
     print(
         f"  targets: renewals/s >= {TARGET_RENEWALS_PER_S:,.0f}: {'PASS' if ok_rate else 'FAIL'}   "
         f"renew p99 <= {TARGET_P99_MS:g} ms: {'PASS' if ok_p99 else 'FAIL'}   "

@@ -72,8 +72,7 @@ def _env(name: str) -> dict[str, Any]:
 
 
 class WorkerConfig(SpeedSettings):
-    """What one worker needs to carry a run: where the commander is, what to train, where bytes go
-    (and, from :class:`~relay.config_speed.SpeedSettings`, how fast it picks up and checkpoints)."""
+    """What one worker needs to carry a run (and, from SpeedSettings, how fast it hands runs on)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
