@@ -197,7 +197,7 @@ class Wakeups:
                 remaining = deadline - monotonic()
                 if remaining <= 0 or self.closing or not connected():
                     raise
-                refusal = exc
+                refusal = exc.with_traceback(None)  # kept for the answer; its frames are not
             await self.waiters.wait(req.run_id, req.mode, remaining)
             if (
                 not connected()
