@@ -5,9 +5,9 @@ Every worker runs with the shipped defaults (acquire backoff 1 s doubling to 15 
 warm standby on); only the commander's lease TTL is shortened (``--ttl``, default 10 s) so that the
 hard-kill series does not wait a minute per kill. Four series, one commander each:
 
-1. **graceful**: ``--standbys`` pods wait for run ``bench`` held by pod A for ``--settle-s`` (31 s: the
-   time a polling standby's backoff takes to reach its 15 s cap: 1+2+4+8+15), then the holder is sent
-   SIGTERM ``--standbys`` times in turn; each time one of the waiting pods takes over. Measured: SIGTERM
+1. **graceful**: ``--standbys`` pods, ``--batch`` at a time, wait for run ``bench`` for ``--settle-s``
+   (31 s: the time a polling standby's backoff takes to reach its 15 s cap: 1+2+4+8+15), then the
+   holder is sent SIGTERM once per waiting pod; each time one of them takes over. Measured: SIGTERM
    -> the new holder's first progress line (p50, p99), with the phases of the median handoff.
 2. **hard kill**: the holder's worker is SIGKILLed (its trainer dies with it); measured: the lease's
    expiry (the commander's ``lease_expired`` event) -> the standby's first progress line, and the
@@ -133,24 +133,30 @@ def graceful(workdir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
         pods = [holder]
         try:
             holder.wait_event("checkpoint_synced", 120)
-            waiting = [_pod(workdir, cmd, f"pod-s{i:02d}", RUN, train).start() for i in range(args.standbys)]
-            pods += waiting
-            time.sleep(args.settle_s)
-            for i in range(args.standbys):
-                time.sleep(args.train_s)
-                t0 = time.time()
-                holder.send(signal.SIGTERM)
-                new = wait_for(
-                    lambda: next((p for p in waiting if _first_line(p)), None), 120, "a standby's first step"
-                )
-                t_first = float(_first_line(new)["ts"])  # type: ignore[index]
-                if holder.wait(120) != 0:
-                    raise RuntimeError(f"{holder.worker_id} exited badly:\n{holder.output()[-3000:]}")
-                out.append(phases(holder.events(), new.events(), t0, t_first))
-                print(f"graceful {i + 1}/{args.standbys}: {out[-1]['total']:.3f}s", file=sys.stderr)
-                waiting.remove(new)
-                holder = new
-                holder.wait_event("checkpoint_synced", 120)  # it trains and saves before its own SIGTERM
+            while len(out) < args.standbys:  # a batch of standbys waits settle_s, then takes over one by one
+                batch = min(args.batch, args.standbys - len(out))
+                waiting = [
+                    _pod(workdir, cmd, f"pod-s{len(pods) + i:02d}", RUN, train).start() for i in range(batch)
+                ]
+                pods += waiting
+                time.sleep(args.settle_s)
+                while waiting:
+                    time.sleep(args.train_s)
+                    t0 = time.time()
+                    holder.send(signal.SIGTERM)
+                    new = wait_for(
+                        lambda w=waiting: next((p for p in w if _first_line(p)), None),
+                        120,
+                        "a standby's first step",
+                    )
+                    t_first = float(_first_line(new)["ts"])  # type: ignore[index]
+                    if holder.wait(120) != 0:
+                        raise RuntimeError(f"{holder.worker_id} exited badly:\n{holder.output()[-3000:]}")
+                    out.append(phases(holder.events(), new.events(), t0, t_first))
+                    print(f"graceful {len(out)}/{args.standbys}: {out[-1]['total']:.3f}s", file=sys.stderr)
+                    waiting.remove(new)
+                    holder = new
+                    holder.wait_event("checkpoint_synced", 120)  # it trains and saves before its own SIGTERM
         finally:
             for p in pods:
                 p.kill()
@@ -338,6 +344,7 @@ def report(args: argparse.Namespace, res: dict[str, Any]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--standbys", type=int, default=20, help="graceful handoffs, one per waiting pod (20)")
+    p.add_argument("--batch", type=int, default=5, help="standbys waiting at a time (5)")
     p.add_argument("--kills", type=int, default=3, help="hard kills (3)")
     p.add_argument("--submits", type=int, default=5, help="submissions to an idle pool pod (5)")
     p.add_argument("--big-mib", type=int, default=256, help="checkpoint size of the warm handoff (256 MiB)")

@@ -8,7 +8,9 @@ The rules, in order:
    newer checkpoints (found by the chaos suite: a graceful handoff's checkpoint 120 wiped by a stale
    step 50 from a dead pod's volume).
 2. Verify the local checkpoints, newest first; quarantine those that fail and say why
-   (:func:`relay.ckpt.verify.recover_local`).
+   (:func:`relay.ckpt.verify.recover_local`).  Hashing waits until it is needed: first only sizes are
+   checked, and when rule 4 pulls a newer checkpoint the volume's are not hashed at all (the pull
+   verifies what it installs).
 3. Read the remote's state, retrying transient errors.
 4. The remote holds a strictly newer step than the local survivor (or there is none): pull the
    newest remote checkpoint that verifies, downloading only the files no checkpoint on the volume
@@ -75,48 +77,43 @@ async def read_remote_state(remote: Remote) -> RemoteState | None:
 async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) -> CommittedCheckpoint | None:
     """Choose the checkpoint to resume from (see the module's rules), make it ``ckpts.latest``, and
     report it; None means a cold start.  Raises when the remote has something but nothing usable and
-    the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try)."""
+    the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try).
+
+    The volume's checkpoints are hashed only when they may be the resume point: when the remote holds a
+    newer step than the newest the volume claims (sizes checked, no hashing), the pull comes first and
+    verifies what it installs; a handoff to a warm standby then never hashes the standby's copy twice."""
     from relay.ckpt.verify import recover_local
+    from relay.remote.base import RemoteCorruptError
 
     await ckpts.commit_ready(sync=False)  # rule 1
+    claimed = await in_thread(recover_local, layout, rehash=False)  # sizes only: what the volume claims
+    remote_step = await _remote_step(ckpts)  # rule 3
+    unusable: RemoteCorruptError | None = None
+    if remote_is_newer(_step(claimed.checkpoint), remote_step):  # rule 4, before hashing the volume
+        try:
+            pulled = await _pull(layout, ckpts, events, skipped=claimed.skipped)
+        except RemoteCorruptError as exc:
+            unusable = exc
+        else:
+            if pulled is not None:
+                return pulled
     scan = await in_thread(recover_local, layout)  # rule 2: verifies; quarantines what fails
     for skipped in getattr(scan, "skipped", []) or []:
         log.warning("skipping checkpoint %s: %s", skipped.path, skipped.reason)
     local = scan.checkpoint
-    remote_step: int | None = None
-    remote = ckpts.remote
-    if remote is not None:  # rule 3
-        state = await read_remote_state(remote)
-        remote_step = state.step if state is not None else None
-        if ckpts.syncer is not None:
-            ckpts.syncer.remote_seen(remote_step)
-    if remote is not None and remote_is_newer(local.step if local is not None else None, remote_step):
-        from relay.remote.base import RemoteCorruptError
-
-        started = time.monotonic()
+    if unusable is None and remote_is_newer(_step(local), remote_step):  # the claimed one did not verify
         try:
-            pulled = await in_thread(remote.pull_newest, layout)
+            pulled = await _pull(layout, ckpts, events, skipped=scan.skipped)
         except RemoteCorruptError as exc:
-            if local is None:
-                raise
-            # nothing on the remote verifies: the volume's checkpoint is the best there is
-            log.warning("remote unusable (%s); resuming from the local step %d", exc, local.step)
-            pulled = None
-        if pulled is not None:
-            ckpts.adopt(pulled)
-            report = remote.last_pull  # what the pull moved: only the files the volume lacked
-            events.emit(
-                "resumed",
-                step=pulled.step,
-                source="remote",
-                path=str(pulled.path),
-                bytes=getattr(pulled, "total_bytes", None),
-                downloaded_bytes=report.bytes_received if report is not None else None,
-                reused_bytes=report.bytes_reused if report is not None else None,
-                download_s=round(time.monotonic() - started, 3),
-                skipped=len(getattr(scan, "skipped", []) or []) or None,
-            )
-            return pulled
+            unusable = exc
+        else:
+            if pulled is not None:
+                return pulled
+    if unusable is not None:
+        if local is None:
+            raise unusable
+        # nothing on the remote verifies: the volume's checkpoint is the best there is
+        log.warning("remote unusable (%s); resuming from the local step %d", unusable, local.step)
     if local is not None:  # rule 5
         ckpts.adopt(local)
         events.emit(
@@ -132,3 +129,45 @@ async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) ->
         return local
     events.emit("resumed", step=0, source="cold_start", message="no checkpoint found: cold start")  # rule 6
     return None
+
+
+def _step(ckpt: CommittedCheckpoint | None) -> int | None:
+    return ckpt.step if ckpt is not None else None
+
+
+async def _remote_step(ckpts: Checkpoints) -> int | None:
+    """Rule 3: the remote's step (None: no remote, or nothing on it), told to the syncer too."""
+    if ckpts.remote is None:
+        return None
+    state = await read_remote_state(ckpts.remote)
+    remote_step = state.step if state is not None else None
+    if ckpts.syncer is not None:
+        ckpts.syncer.remote_seen(remote_step)
+    return remote_step
+
+
+async def _pull(
+    layout: RunLayout, ckpts: Checkpoints, events: EventLog, *, skipped: list
+) -> CommittedCheckpoint | None:
+    """Rule 4: the newest remote checkpoint that verifies, installed and adopted (None: the remote holds
+    nothing after all); only the files no checkpoint on the volume holds are downloaded."""
+    remote = ckpts.remote
+    assert remote is not None
+    started = time.monotonic()
+    pulled = await in_thread(remote.pull_newest, layout)
+    if pulled is None:
+        return None
+    ckpts.adopt(pulled)
+    report = remote.last_pull  # what the pull moved: only the files the volume lacked
+    events.emit(
+        "resumed",
+        step=pulled.step,
+        source="remote",
+        path=str(pulled.path),
+        bytes=getattr(pulled, "total_bytes", None),
+        downloaded_bytes=report.bytes_received if report is not None else None,
+        reused_bytes=report.bytes_reused if report is not None else None,
+        download_s=round(time.monotonic() - started, 3),
+        skipped=len(skipped or []) or None,
+    )
+    return pulled

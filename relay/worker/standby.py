@@ -1,7 +1,7 @@
 """Warm standby: while a pod waits for a named run that another pod holds, it keeps the run's newest
 remote checkpoint pulled and verified on its own volume, so that the handoff downloads only what changed.
 
-The standby reads the remote's ``relay/state.json`` every ``standby_poll_s``; when it names a step newer
+The standby reads the remote's ``relay/state.json`` every ``standby_poll_s`` (jittered); when it names a step newer
 than the newest on the volume, it pulls that checkpoint with the shared pull (``Remote.pull_newest``):
 verified whole, installed under the run lock, and fetching only the files no checkpoint on the volume
 already holds (``relay.ckpt.reuse``).  It keeps ``standby_keep_last_n`` checkpoints (files shared between
@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from relay.backoff import Backoff
 from relay.worker.threads import in_thread
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Standby:
         self._cancel = threading.Event()  # read by the pull's thread between chunks
         self._task: asyncio.Task[None] | None = None
         self._followed: str | None = None  # the remote state (manifest sha256) last pulled to the end
+        self._poll = Backoff(cfg.standby_poll_s, cfg.standby_poll_s)  # the one policy's jitter, no growth
 
     def start(self) -> None:
         log.info(
@@ -118,8 +120,8 @@ class Standby:
                 if message != self.log.last_error:
                     log.warning("standby: %s; retrying every %gs", message, self.cfg.standby_poll_s)
                 self.log.last_error = message
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.cfg.standby_poll_s)
+            with contextlib.suppress(asyncio.TimeoutError):  # jittered: standbys started together spread out
+                await asyncio.wait_for(self._stop.wait(), timeout=self._poll.delay(0))
 
     async def _catch_up(self, remote: Remote, layout: RunLayout) -> None:
         """Pull the remote's newest checkpoint when the volume has nothing as new."""
