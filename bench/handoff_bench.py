@@ -304,6 +304,12 @@ def report(args: argparse.Namespace, res: dict[str, Any]) -> bool:
         )
         mid = sorted(g, key=lambda r: r["total"])[len(g) // 2]
         print("  phases of the median one: " + ", ".join(f"{k} {mid[k]:.3f}s" for k in PHASES))
+        moving = [r["commit"] + r["upload"] + r["download"] + r["trainer_start"] for r in g]
+        overhead = [t - m for t, m in zip(totals, moving, strict=True)]
+        print(
+            f"  without moving the bytes (commit, upload, download) and the trainer's start-up: p50 "
+            f"{statistics.median(overhead):.3f}s p99 {pct(overhead, 0.99):.3f}s"
+        )
     k = res["hard_kill"]
     if k:
         e2f = [r["expiry_to_first_step"] for r in k]
