@@ -9,7 +9,11 @@ expiry clock can have ended a lease, and "still waiting" is read from the parked
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import threading
+import urllib.error
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -17,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.commander.config import CallbackSettings
-from relay_testkit.wait import until
+from relay_testkit.wait import until, wait_for
 from tests.commander.calls import acquire, get_run, leases_of, release, renew
 from tests.commander.test_commit_before_answer import HeldCommits
 
@@ -206,3 +210,37 @@ async def test_renewals_and_other_runs_go_on_while_pods_wait(client: TestClient)
     assert status == 200 and other["epoch"] == 1
     for a in answers:
         a.cancel()
+
+
+def test_a_commander_shutting_down_answers_its_parked_acquires(commander_factory) -> None:
+    """``relayctl serve`` on SIGTERM: every parked acquire is answered (as if its wait had ended) instead of
+    holding the shutdown or being cut off."""
+    cmd = commander_factory(lease_ttl_s=60.0)
+
+    def post(body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            f"{cmd.url}/api/lease/acquire",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert post({"run_id": "r1", "worker_id": "w1"})[0] == 200
+    answers: list[tuple[int, dict]] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(post({"run_id": "r1", "worker_id": "w2", "wait_s": 600}))
+    )
+    waiter.start()
+
+    def parked_now() -> bool:
+        with urllib.request.urlopen(f"{cmd.url}/metrics", timeout=5) as resp:
+            return "relay_acquires_waiting 1.0" in resp.read().decode()
+
+    wait_for(parked_now, 30, "the acquire to park")
+    assert cmd.terminate(timeout_s=60) == 0
+    waiter.join(60)
+    assert answers and answers[0][0] == 409 and answers[0][1]["holder"] == "w1"

@@ -86,8 +86,11 @@ def test_an_expiry_wakes_the_waiting_pod_after_a_hard_kill(tmp_path: Path, comma
     assert acquired["epoch"] == 2
     names = [e["name"] for e in run_detail(cmd.url, "relay")["events"]]
     assert "lease_expired" in names
+    b.wait_event("trainer_started", 60)
     b.send(signal.SIGTERM)
     assert b.wait(60) == 0, b.output()
+    # it waited longer than the TTL for this grant: its lease deadline counts from the grant, not the ask
+    assert "fenced" not in [e["event"] for e in b.events()]
 
 
 def test_a_submit_wakes_an_idle_pool_pod(tmp_path: Path, commander_factory: Any) -> None:
