@@ -212,7 +212,7 @@ class Cadence:
         self.file.clear()
         self._since, self._asked = time.monotonic(), None
 
-    def lines(self, lines: list[ProgressLine]) -> None:
+    def lines(self, lines: Iterable[ProgressLine]) -> None:
         for line in lines:
             self.meter.line(line.step, line.ts)
 
