@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from relay.schema import MAX_ACQUIRE_WAIT_S
+from relay.wiretypes import MAX_ACQUIRE_WAIT_S
 
 
 def _env(name: str) -> dict[str, Any]:

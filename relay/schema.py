@@ -43,6 +43,7 @@ from relay.wiretypes import (
     NonNegInt,
     RemoteUrl,
     Text,
+    WaitSeconds,
     WebhookUrl,
     finite_json,
 )
@@ -82,10 +83,6 @@ class LeaseEnd(str, Enum):
     cancelled = "cancelled"
     expired = "expired"  # its holder stopped renewing
     fenced = "fenced"  # a newer grant replaced it while it was live (the same worker asked again)
-
-
-#: The longest a long-polled acquire is held (``AcquireRequest.wait_s``).
-MAX_ACQUIRE_WAIT_S = 600.0
 
 
 class _Request(BaseModel):
@@ -332,13 +329,10 @@ class AcquireRequest(_Request):
         "only with it may a worker id take back its own live lease at once; without it a live lease is "
         "held, whoever asks.",
     )
-    wait_s: Annotated[float, Strict(), Field(ge=0, le=MAX_ACQUIRE_WAIT_S, allow_inf_nan=False)] | None = (
-        Field(
-            None,
-            description="Long poll: when the run is held (or, without run_id, none is waiting), hold the request "
-            "up to this many seconds until a release, an expiry, a submit or a cancel makes it grantable, then "
-            "answer as at once; omitted or 0: answer at once.",
-        )
+    wait_s: WaitSeconds | None = Field(
+        None,
+        description="Long poll: a refusal (held, or no run waiting) is held up to this long, answered the moment "
+        "a release, expiry, submit or cancel makes the run grantable; omitted or 0: answer at once.",
     )
 
 
@@ -352,9 +346,7 @@ class AcquireGranted(_Response):
     run: RunSummary
     spec: RunSpec | None = None
     waited_s: float = Field(
-        0.0,
-        description="How long the commander held this long-polled acquire before granting it: the lease "
-        "was granted no earlier than the request's send time plus this (the holder's deadline starts there).",
+        0.0, description="Seconds a long poll was held: granted no earlier than its send + this."
     )
 
 
