@@ -66,3 +66,9 @@ class SpecConflictError(RuleError):
 
     code = "spec_conflict"
     field = "run_id"
+
+
+class EpochExhaustedError(RuleError):
+    """The run's remote holds an epoch no grant can exceed (``lease_rules.MAX_EPOCH``): never granted again."""
+
+    code = "epoch_exhausted"

@@ -15,13 +15,9 @@ The :class:`LeaseManager` applies the rules and records what they decide:
 * Every lease leaves a row in the run's lease history (one per epoch: holder, grant, end, steps),
   written in the transaction of the change that opens, moves or ends it.
 
-Lease expiry times live only in memory (``LiveLease.expires_at``, monotonic clock), so a renewal
-is a dict lookup and never touches the disk.  Grants, releases and expiries are written with
-``store.save_run(durable=True)`` *before* memory changes (a failed write changes nothing), and the
-HTTP layer awaits ``store.committed()`` - the fsync - before it answers.  If a commit fails after
-memory changed, the store rolls the batch back and :meth:`LeaseManager.load` rebuilds memory from
-disk.  On start-up every lease that the store says is held gets a full TTL, so its holder can renew
-after a commander restart and nobody else is granted the run meanwhile.
+Lease deadlines live only in memory (``relay.commander.live_leases``), so a renewal never touches the
+disk; grants, releases and expiries are durable (``save_run(durable=True)``), committed before the
+HTTP layer answers.  Running time (``max_duration_s``) is counted on the monotonic clock.
 
 All methods are synchronous and are called from the event loop's thread, so each one runs to
 completion before another starts: check-then-grant is atomic.
@@ -37,6 +33,7 @@ from dataclasses import dataclass, field
 
 from relay.commander import runs
 from relay.commander.errors import (
+    EpochExhaustedError,
     LeaseHeldError,
     ModeMismatchError,
     NoWaitingRunError,
@@ -51,10 +48,14 @@ from relay.commander.lease_rules import (
     LeaseClaim,
     LiveLease,
     decide_acquire,
+    epoch_exhausted,
+    held_message,
     is_fenced_holder,
     names_lease,
+    next_epoch,
     stale_reason,
 )
+from relay.commander.live_leases import LiveLeases
 from relay.commander.store import (
     LeaseEnded,
     LeaseGranted,
@@ -122,7 +123,8 @@ class LeaseManager:
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
             raise ValueError("lease ttl must be positive")
-        self._live: dict[str, LiveLease] = {}
+        self._live = LiveLeases(self.ttl_s, lambda: self.monotonic())  # the clock may be swapped (tests)
+        self._same_id_warned: dict[str, int] = {}  # run_id -> epoch whose duplicate worker id was logged
 
     @property
     def renew_interval_s(self) -> float:
@@ -131,20 +133,11 @@ class LeaseManager:
 
     def load(self) -> int:
         """Rebuild the live leases from the store, each with a full TTL; returns how many."""
-        expires = self.monotonic() + self.ttl_s
-        self._live = {
-            row.run_id: LiveLease(
-                run_id=row.run_id,
-                lease_id=row.lease_id or "",
-                epoch=row.epoch,
-                worker_id=row.lease_worker or "",
-                expires_at=expires,
-                last_renew_at=None,
-                cancel_requested=row.cancel_requested,
-            )
-            for row in self.store.held_leases()
-        }
-        return len(self._live)
+        return self._live.rebuild(self.store.held_leases())
+
+    def resync(self) -> None:
+        """After a failed commit: memory follows the disk, and no lease gains time (``LiveLeases.resync``)."""
+        self._live.resync(self.store.held_leases())
 
     def held_count(self) -> int:
         """How many leases are live in memory (expired ones the sweeper has not ended yet included)."""
@@ -160,7 +153,7 @@ class LeaseManager:
         """Grant a lease per ``lease_rules.ACQUIRE_RULES``, creating the run when ``run_id`` is new."""
         row = self._run_to_acquire(req)
         lease = self._live.get(row.run_id)
-        decision, holder = decide_acquire(runs.is_closed(row.status), lease, req.worker_id)
+        decision, holder = decide_acquire(runs.is_closed(row.status), lease, req.worker_id, req.held_lease)
         if decision is Decision.deny_closed:
             self.stats.denials += 1
             raise RunClosedError(
@@ -175,14 +168,21 @@ class LeaseManager:
             assert lease is not None
             self.stats.denials += 1
             retry_after = max(0.0, lease.expires_at - self.monotonic())
+            message = held_message(row.run_id, lease, holder, retry_after)
+            if holder is Holder.same_worker and self._same_id_warned.get(row.run_id) != lease.epoch:
+                self._same_id_warned[row.run_id] = lease.epoch  # once per lease, not on every retry
+                log.warning("%s", message)
             raise LeaseHeldError(
-                f"run {row.run_id} is held by worker {lease.worker_id} (epoch {lease.epoch}); "
-                f"its lease expires in {retry_after:.1f}s unless renewed",
+                message,
                 holder=lease.worker_id,
                 retry_after_s=round(min(retry_after, self.ttl_s), 3),
                 status=row.status,
             )
-        return self._grant(row, req, replacing=holder)
+        exhausted = epoch_exhausted(row)
+        if exhausted is not None:
+            self.stats.denials += 1
+            raise EpochExhaustedError(exhausted, status=row.status)
+        return self._grant(row, req, replacing=lease if holder is Holder.same_worker_proven else None)
 
     def _run_to_acquire(self, req: AcquireRequest) -> RunRow:
         """The run the acquire asks for (its lease ended first when due), or a new pending one."""
@@ -202,12 +202,17 @@ class LeaseManager:
             run_id=req.run_id, status=RunStatus.pending, created_at=wall, updated_at=wall, mode=req.mode
         )
 
-    def _grant(self, row: RunRow, req: AcquireRequest, *, replacing: Holder) -> Grant:
+    def _grant(self, row: RunRow, req: AcquireRequest, *, replacing: LiveLease | None) -> Grant:
         wall = self.wall()
-        epoch = row.epoch + 1
+        epoch = next_epoch(row)
         message = f"granted to {req.worker_id} at epoch {epoch}"
-        if replacing is Holder.same_worker:
-            message += f" (replacing the same worker's lease of epoch {row.epoch})"
+        if epoch > row.epoch + 1:
+            message += f" (past epoch {row.remote_epoch}, which the run's remote holds)"
+        if replacing is not None:  # its time counts; its history row is ended as fenced by this grant
+            message += (
+                f" (its restarted worker showed the lease of epoch {replacing.epoch}; fenced by this one)"
+            )
+            row.end_lease(wall, replacing.active_s(self.monotonic()))
         row.status = runs.transition(row.status, RunStatus.running)
         row.epoch = epoch
         row.lease_id = secrets.token_hex(16)
@@ -224,16 +229,20 @@ class LeaseManager:
             outbox=self.callbacks_for(row, CallbackEvent.running),
             lease=LeaseGranted(epoch, req.worker_id, row.lease_id, wall),
         )
+        now = self.monotonic()
         new = LiveLease(
             run_id=row.run_id,
             lease_id=row.lease_id,
             epoch=epoch,
             worker_id=req.worker_id,
-            expires_at=self.monotonic() + self.ttl_s,
+            expires_at=now + self.ttl_s,
             last_renew_at=wall,
             cancel_requested=row.cancel_requested,
+            started_at=now,
         )
-        self._live[row.run_id] = new
+        if replacing is not None:
+            self._live.forget(replacing)
+        self._live.put(new)
         self.stats.grants += 1
         log.info("run %s: %s", row.run_id, message)
         return Grant(run=row, lease=new, spec=granted_spec(row))
@@ -252,10 +261,10 @@ class LeaseManager:
 
     def release(self, req: ReleaseRequest) -> RunStatus:
         """End the holder's lease with ``outcome``.  A repeated release of the same lease with the same
-        outcome answers the same (the holder retried a release whose answer it lost); with a different
-        outcome it is a 409 naming the recorded one: the first release decided the run, and answering 200
-        would tell the worker its second outcome was recorded when it was not."""
-        if self._current(req.run_id, req) is None:
+        outcome answers the same (the holder retried a release whose answer it lost); with another outcome
+        it is a 409 naming the recorded one (the first release decided the run)."""
+        lease = self._current(req.run_id, req)
+        if lease is None:
             repeated = self._repeated_release(req)
             if repeated is not None:
                 return repeated
@@ -264,16 +273,22 @@ class LeaseManager:
         wall = self.wall()
         row.apply_progress(wall, req.step, req.checkpoint, req.remote_step)
         row.released_lease_id = row.lease_id
-        row.end_lease(wall)
+        row.end_lease(wall, lease.active_s(self.monotonic()))
+        row.remote_epoch = max(row.remote_epoch or 0, req.remote_epoch or 0) or None  # grants jump past it
+        exhausted = epoch_exhausted(row)
         restart = req.outcome is ReleaseOutcome.failed and req.restartable and may_restart(row)
+        cancel = row.cancel_requested  # an exhausted epoch ends the run failed, restarts left or not
         target = runs.status_after_release(
-            req.outcome, cancel_requested=row.cancel_requested, restart_allowed=restart
+            req.outcome, cancel_requested=cancel, restart_allowed=restart, grantable=not exhausted
         )
         row.status = runs.transition(row.status, target)
         row.released_outcome = req.outcome.value
-        row.detail = req.detail
+        row.detail = _joined(exhausted, req.detail) if exhausted else req.detail
         message = f"released as {req.outcome.value}"
-        if target is RunStatus.cancelled and req.outcome is not ReleaseOutcome.cancelled:
+        if exhausted is not None and target is RunStatus.failed:
+            message += f"; {exhausted}"
+            log.error("run %s: %s", req.run_id, exhausted)
+        elif target is RunStatus.cancelled and req.outcome is not ReleaseOutcome.cancelled:
             message += ", but a cancel was requested"
         elif restart and target is RunStatus.preempted:
             row.restarts += 1
@@ -288,7 +303,7 @@ class LeaseManager:
             outbox=self.callbacks_for(row, CallbackEvent(target.value)),
             lease=LeaseEnded(row.epoch, req.outcome.value, wall, req.step),
         )
-        del self._live[req.run_id]
+        self._live.forget(lease)
         self.stats.releases += 1
         log.info("run %s: %s by %s -> %s", req.run_id, message, req.worker_id, target.value)
         return target
@@ -312,11 +327,13 @@ class LeaseManager:
 
     def report(self, run_id: str, req: ReportRequest) -> None:
         """Record the holder's progress: step, checkpoint, remote step, metrics, an event, log lines."""
-        if self._current(run_id, req) is None:
+        lease = self._current(run_id, req)
+        if lease is None:
             raise self._stale(run_id, req, "report")
         row = self._must_get(run_id)
         wall = self.wall()
         row.apply_progress(wall, req.step, req.checkpoint, req.remote_step)
+        row.lease_active_s = lease.active_s(self.monotonic())  # so a commander restart keeps the count
         events = []
         logs = [
             LogRow(line.ts, req.epoch, line.stream, line.line, worker_id=req.worker_id)
@@ -341,7 +358,7 @@ class LeaseManager:
     def expire_due(self) -> int:
         """End every lease whose holder stopped renewing; returns how many.  Run by the sweeper."""
         now = self.monotonic()
-        due = [lease for lease in self._live.values() if now >= lease.expires_at]
+        due = [lease for lease in self._live if now >= lease.expires_at]
         for lease in due:
             self._expire(lease)
         return len(due)
@@ -357,7 +374,7 @@ class LeaseManager:
         wall = self.wall()
         target = runs.status_after_expiry(cancel_requested=row.cancel_requested)
         row.status = runs.transition(row.status, target)
-        row.end_lease(wall)
+        row.end_lease(wall, lease.active_s(self.monotonic()))
         row.detail = f"lease of {lease.worker_id} expired (no renew for {self.ttl_s:g}s)"
         self.store.save_run(
             row,
@@ -366,7 +383,7 @@ class LeaseManager:
             outbox=self.callbacks_for(row, CallbackEvent(target.value)),
             lease=LeaseEnded(lease.epoch, "expired", wall),
         )
-        self._live.pop(lease.run_id, None)
+        self._live.forget(lease)
         self.stats.expiries += 1
         if target is RunStatus.preempted:
             self.stats.preemptions += 1

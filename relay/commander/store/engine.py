@@ -60,7 +60,9 @@ class TxEngine:
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._on_commit_error: Callable[[BaseException], None] | None = None
+        self._on_recovered: Callable[[], None] | None = None
         self.batches = 0  # commits of group-commit batches (for tests and metrics)
+        self.commit_error: StoreError | None = None  # why the last batch failed; None once one commits
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,7 +109,10 @@ class TxEngine:
     # ------------------------------------------------------------------ transactions
 
     def start_group_commit(
-        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[BaseException], None] | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         """Batch the commits of writes made during one event-loop iteration into one transaction.
 
@@ -117,10 +122,12 @@ class TxEngine:
         runs once the handlers already scheduled have had their turn: under load one
         fsync covers many grants.  A caller that must not answer before its write is
         on disk awaits :meth:`committed`.  ``on_error`` is called when a batch fails
-        to commit (it was rolled back), so in-memory state can be rebuilt from disk.
+        to commit (it was rolled back), so in-memory state can be rebuilt from disk;
+        ``on_recovered`` when a batch commits again after one failed.
         """
         self._loop = loop
         self._on_commit_error = on_error
+        self._on_recovered = on_recovered
 
     def stop_group_commit(self) -> None:
         """Commit the open batch now and go back to one commit per write."""
@@ -192,10 +199,14 @@ class TxEngine:
         try:
             self._conn.execute("COMMIT")
             self.batches += 1
+            if self.commit_error is not None:
+                self.commit_error = None
+                if self._on_recovered is not None:
+                    self._on_recovered()
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-            error = StoreError(f"could not commit to state file {self.path}: {exc}")
+            error = self.commit_error = StoreError(f"could not commit to state file {self.path}: {exc}")
         finally:
             self._tx_open = self._tx_durable = False
         for fut in waiters:
