@@ -74,12 +74,16 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"relayctl serve: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except ListenError as exc:
         print(
-            f"relayctl serve: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            f"relayctl serve: error: cannot listen on {config.host}:{config.port}: {exc}",
             file=sys.stderr,
         )
         return 1
+
+
+class ListenError(RuntimeError):
+    """The socket could not be bound (address in use, permission, bad host): said as such, and only then."""
 
 
 async def _serve(config: CommanderConfig) -> int:
@@ -96,7 +100,10 @@ async def _serve(config: CommanderConfig) -> int:
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(exc.strerror or str(exc)) from None
         bound = runner.addresses[0]
         shown_host = f"[{config.host}]" if ":" in config.host else config.host
         auth = "shared secret required" if secret else "no auth"

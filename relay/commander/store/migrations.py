@@ -160,7 +160,8 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(f"PRAGMA user_version={index + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                conn.execute("ROLLBACK")
             raise
 
 
