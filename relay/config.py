@@ -52,6 +52,8 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
         self.source = source
+        #: every problem found, as (key, message, source): the first is ``key``/``message``'s own
+        self.problems: list[tuple[str | None, str, str | None]] = [(key, message, source)]
         where = f" ({source})" if source else ""
         head = f"{key}{where}: " if key else (f"{source}: " if source else "")
         super().__init__(f"config error: {head}{message}".replace("\n", " "))
@@ -397,32 +399,36 @@ def validate_config(data: Mapping[str, Any], sources: Mapping[str, str] | None =
         raise _one_line(exc, sources or {}) from None
 
 
-def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    msg = str(first.get("msg", "invalid value"))
+def _problem(err: Any, sources: Mapping[str, str]) -> tuple[str | None, str, str | None]:
+    """One validation error as (key, message, where the value came from)."""
+    loc = [str(p) for p in err.get("loc", ())]
+    msg = str(err.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     key = ".".join(loc) if loc else None
     if key is None and ": " in msg and msg.split(": ", 1)[0] in WorkerConfig.model_fields:
         key, msg = msg.split(": ", 1)
-    if first.get("type") == "extra_forbidden":
+    if err.get("type") == "extra_forbidden":
         msg = "unknown key (typo? see configs/run.yaml for the keys)"
-    elif first.get("type") == "missing":
+    elif err.get("type") == "missing":
         msg = "required"
-    elif (
-        "input" in first
-        and first.get("type") not in ("value_error",)
-        and not isinstance(first["input"], dict)
-    ):
-        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(first["input"])
+    elif "input" in err and err.get("type") not in ("value_error",) and not isinstance(err["input"], dict):
+        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(err["input"])
         msg = f"{msg} (got {shown})"
-    more = len(errors) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
     top = loc[0] if loc else (key or "")
-    return ConfigError(key, msg, sources.get(top))
+    return key, msg, sources.get(top)
+
+
+def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    """Every problem on one line: the first names the error's key, the others follow as 'key (source): ...'."""
+    problems = [_problem(err, sources) for err in exc.errors(include_url=False)]
+    key, msg, source = problems[0]
+    for other_key, other_msg, other_source in problems[1:]:
+        where = f" ({other_source})" if other_source else ""
+        msg += f"; {other_key or 'config'}{where}: {other_msg}"
+    error = ConfigError(key, msg, source)
+    error.problems = problems
+    return error
 
 
 def env_reference() -> list[dict[str, str]]:

@@ -12,10 +12,42 @@ from relay.deploy.envref import reference_markdown
 BASE = {"COMMANDER_URL": "http://127.0.0.1:9"}
 
 
-def test_repo_example_config_is_valid() -> None:
+def test_repo_example_config_is_valid_for_the_built_in_trainer() -> None:
+    from trainer_blackbox.train_config import validate_train_block
+
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "run.yaml", env={})
     assert cfg.mode in ("sft", "rl")
-    assert cfg.train
+    assert validate_train_block(cfg.train, cfg.mode).max_steps == 200  # what the pod's trainer checks first
+
+
+def test_a_mock_block_given_to_the_built_in_trainer_names_every_problem() -> None:
+    """The old example's block, run by the built-in trainer: all four problems, not 'and 3 more'."""
+    from trainer_blackbox.train_config import TrainConfigError, validate_train_block
+
+    block = {"max_steps": 200, "save_steps": 20, "step_seconds": 0.1, "checkpoint_bytes": 1048576}
+    with pytest.raises(TrainConfigError) as info:
+        validate_train_block(block, "sft")
+    message = str(info.value)
+    assert "\n" not in message and "more problem" not in message
+    for key in (
+        "train.model: required",
+        "train.dataset: required",
+        "train.step_seconds",
+        "train.checkpoint_bytes",
+    ):
+        assert key in message, message
+    assert len(info.value.problems) == 4
+
+
+def test_every_config_problem_is_named_at_once() -> None:
+    env = {**BASE, "MAX_RESTARTS": "many", "MODE": "pretrain", "GRACE_S": "-1"}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    message = str(info.value)
+    assert "\n" not in message and "more problem" not in message
+    assert [key for key, _, _ in info.value.problems] == ["mode", "grace_s", "max_restarts"]
+    for key in ("mode (env MODE)", "grace_s (env GRACE_S)", "max_restarts (env MAX_RESTARTS)"):
+        assert key in message, message
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:
