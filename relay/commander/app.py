@@ -38,6 +38,7 @@ from relay.commander import metrics, ui
 from relay.commander.auth import SharedSecretAuth
 from relay.commander.callbacks import CallbackDispatcher
 from relay.commander.config import CallbackSettings
+from relay.commander.connections import BODY_DEADLINE, body_deadline
 from relay.commander.control import RunControl
 from relay.commander.errors import LeaseHeldError, RuleError
 from relay.commander.leases import LeaseManager
@@ -160,7 +161,10 @@ def _error_answer(
             exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status, detail=exc.detail
         )
     if isinstance(exc, ApiError):
-        return _error(exc.http_status, exc.code, str(exc), exc.field)
+        answer = _error(exc.http_status, exc.code, str(exc), exc.field)
+        if exc.http_status == 408:
+            answer.force_close()  # the rest of a slow body is not waited for
+        return answer
     if isinstance(exc, (StoreError, sqlite3.Error)):  # a full disk fails every request: said once in a while
         store_log.log(
             logging.ERROR, "store", "state store error on %s %s: %s", request.method, request.path, exc
@@ -196,10 +200,14 @@ async def _body(request: web.Request) -> bytes:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"body is {length} bytes; the limit is {MAX_BODY_BYTES}", "body")
+    deadline = request.get(BODY_DEADLINE)  # set by the body_deadline middleware
     try:
-        return await request.read()
+        async with asyncio.timeout_at(deadline):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"body is over the {MAX_BODY_BYTES} byte limit", "body") from None
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", "the request body did not arrive in time", "body") from None
 
 
 class CommanderApi:
@@ -401,6 +409,7 @@ def create_app(
     lease_ttl_s: float = 60.0,
     sweep_interval_s: float | None = None,
     callback_settings: CallbackSettings | None = None,
+    body_timeout_s: float = 30.0,
 ) -> web.Application:
     """Open the state (raises StoreError when it cannot be used) and build the application."""
     store = Store.open(state_path)
@@ -417,7 +426,7 @@ def create_app(
     api = CommanderApi(
         leases, SharedSecretAuth(secret), sweep_interval_s=sweep_interval_s, callbacks=callbacks
     )
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[body_deadline(body_timeout_s)])
     app[API_KEY] = api
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)

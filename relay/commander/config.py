@@ -116,6 +116,31 @@ class CommanderConfig(BaseModel):
         env="RELAY_LEASE_TTL",
         flag="--lease-ttl",
     )
+    header_timeout_s: float = _setting(
+        10.0,
+        "A connection must send a whole request head this soon after connecting or after its last answer, "
+        "else it is closed (a slow or idle client holds no socket for long).",
+        env="RELAY_HEADER_TIMEOUT_S",
+        flag="--header-timeout",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    body_timeout_s: float = _setting(
+        30.0,
+        "A request body must arrive this soon after its head, else the answer is 408.",
+        env="RELAY_BODY_TIMEOUT_S",
+        flag="--body-timeout",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    max_connections: int = _setting(
+        4096,
+        "Open connections at most (and at most the open-file limit less 64); at the cap a new connection "
+        "replaces the oldest that has not sent a request yet, or is answered 503.",
+        env="RELAY_MAX_CONNECTIONS",
+        flag="--max-connections",
+        gt=0,
+    )
     insecure: bool = _setting(
         False, "Allow listening on a non-loopback address without a shared secret.", flag="--insecure"
     )
