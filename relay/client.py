@@ -144,8 +144,10 @@ class CommanderClient:
         status, body = await self._call("POST", "/api/lease/acquire", req)
         if status == 409:
             denied = self._parse(AcquireDenied, body)
-            # no holder: nothing to wait for (a closed run, or one that can never be granted again)
-            if denied.status in CLOSED_STATUSES or denied.holder is None:
+            # a closed run, or a failed one nobody holds: it can never be granted again (its epoch is exhausted)
+            if denied.status in CLOSED_STATUSES or (
+                denied.holder is None and denied.status is RunStatus.failed
+            ):
                 raise RunClosed(denied.detail or f"run {req.run_id} is {denied.status}", denied.status)
             raise LeaseHeld(
                 denied.detail or f"run {req.run_id} is held by {denied.holder}",

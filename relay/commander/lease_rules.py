@@ -11,9 +11,10 @@ lease, and whether a request names the run's live lease (the fencing check).
   :func:`is_fenced_holder` tells the holder of an ended lease calling again (its epoch's
   ``fenced`` event) from a request that never held anything (a typo, a forged id): only the
   former is worth a line in the timeline.
-* :func:`next_epoch` is the epoch a grant carries: above the run's last one *and* above the epoch its
-  remote was last found at (``ReleaseRequest.remote_epoch``), so epochs never go backwards against
-  storage, even after the commander's own state was lost.  :data:`MAX_EPOCH` bounds it.
+* :func:`next_epoch` is the epoch a grant carries: above the run's last one *and* above its floor, the
+  highest epoch known outside this state (its remote's, ``ReleaseRequest.remote_epoch``, or one a
+  holder showed), so epochs never go backwards against storage, even after the commander's own state
+  was lost or restored from an older copy.  :data:`MAX_EPOCH` bounds it.
 """
 
 from __future__ import annotations
@@ -161,15 +162,15 @@ def is_fenced_holder(past: LeaseRow | None, claim: LeaseClaim) -> bool:
 
 def next_epoch(row: RunRow) -> int:
     """The epoch the run's next grant carries: past its last grant and past what its remote holds."""
-    return max(row.epoch, row.remote_epoch or 0) + 1
+    return max(row.epoch, row.epoch_floor or 0) + 1
 
 
 def epoch_exhausted(row: RunRow) -> str | None:
-    """Why the run can never be granted again because of the epoch its remote holds, or None."""
+    """Why the run can never be granted again because of the epoch its remote holds (its floor), or None."""
     if next_epoch(row) <= MAX_EPOCH:
         return None
     return (
-        f"run {row.run_id} cannot be granted again: its remote holds epoch {row.remote_epoch}, and a grant "
+        f"run {row.run_id} cannot be granted again: its remote holds epoch {row.epoch_floor}, and a grant "
         f"must carry a higher one, but the largest epoch is {MAX_EPOCH} (2**53-1). The remote's "
         "relay/state.json was corrupted or written by something else: check it, and train under a new run id"
     )

@@ -41,21 +41,20 @@ from relay.commander.errors import (
     RunNotFoundError,
     StaleLeaseError,
 )
+from relay.commander.fencing import FencingChecks
 from relay.commander.jobs import granted_spec, may_restart
 from relay.commander.lease_rules import (
     Decision,
     Holder,
-    LeaseClaim,
     LiveLease,
     decide_acquire,
     epoch_exhausted,
     held_message,
-    is_fenced_holder,
-    names_lease,
     next_epoch,
-    stale_reason,
 )
 from relay.commander.live_leases import LiveLeases
+from relay.commander.lost_state import LostState
+from relay.commander.stats import Stats
 from relay.commander.store import (
     LeaseEnded,
     LeaseGranted,
@@ -83,21 +82,6 @@ log = logging.getLogger("relay.commander")
 
 
 @dataclass
-class Stats:
-    """Counters for the commander's Prometheus metrics (``relay.commander.metrics`` exports them)."""
-
-    grants: int = 0
-    renewals: int = 0
-    releases: int = 0
-    expiries: int = 0
-    fenced: int = 0
-    denials: int = 0
-    submits: int = 0
-    preemptions: int = 0  # runs handed back for the next worker: preempted releases and expired leases
-    restarts: int = 0  # trainer restarts reported by workers plus failed runs the commander queued again
-
-
-@dataclass
 class Grant:
     run: RunRow
     lease: LiveLease
@@ -110,7 +94,7 @@ CallbackOutbox = Callable[[RunRow, CallbackEvent, "dict[str, float] | None"], li
 
 
 @dataclass
-class LeaseManager:
+class LeaseManager(FencingChecks):
     """The commander's rules over a :class:`Store`; call :meth:`load` once before use."""
 
     store: Store
@@ -124,6 +108,8 @@ class LeaseManager:
         if self.ttl_s <= 0:
             raise ValueError("lease ttl must be positive")
         self._live = LiveLeases(self.ttl_s, lambda: self.monotonic())  # the clock may be swapped (tests)
+        lost = bool(getattr(self.store, "lost_state", False))
+        self.lost = LostState(self.ttl_s, lambda: self.monotonic(), lost_at_start=lost)
         self._same_id_warned: dict[str, int] = {}  # run_id -> epoch whose duplicate worker id was logged
 
     @property
@@ -182,6 +168,11 @@ class LeaseManager:
         if exhausted is not None:
             self.stats.denials += 1
             raise EpochExhaustedError(exhausted, status=row.status)
+        wait = self.lost.wait_s(row.run_id)
+        if wait > 0:  # leases the state does not know may still be held: they end within a TTL of start
+            self.stats.denials += 1
+            why = f"run {row.run_id} is not granted for {wait:.1f}s more: {self.lost.reason(row.run_id)}"
+            raise LeaseHeldError(why, holder=None, retry_after_s=round(wait, 3), status=row.status)
         return self._grant(row, req, replacing=lease if holder is Holder.same_worker_proven else None)
 
     def _run_to_acquire(self, req: AcquireRequest) -> RunRow:
@@ -207,7 +198,7 @@ class LeaseManager:
         epoch = next_epoch(row)
         message = f"granted to {req.worker_id} at epoch {epoch}"
         if epoch > row.epoch + 1:
-            message += f" (past epoch {row.remote_epoch}, which the run's remote holds)"
+            message += f" (past epoch {row.epoch_floor}, which the run's remote holds)"
         if replacing is not None:  # its time counts; its history row is ended as fenced by this grant
             message += (
                 f" (its restarted worker showed the lease of epoch {replacing.epoch}; fenced by this one)"
@@ -274,7 +265,9 @@ class LeaseManager:
         row.apply_progress(wall, req.step, req.checkpoint, req.remote_step)
         row.released_lease_id = row.lease_id
         row.end_lease(wall, lease.active_s(self.monotonic()))
-        row.remote_epoch = max(row.remote_epoch or 0, req.remote_epoch or 0) or None  # grants jump past it
+        if (req.remote_epoch or 0) > row.epoch:  # grants jump past it; while a TTL from start, they wait
+            row.epoch_floor = max(row.epoch_floor or 0, req.remote_epoch or 0)
+            self.lost.behind(req.run_id)
         exhausted = epoch_exhausted(row)
         restart = req.outcome is ReleaseOutcome.failed and req.restartable and may_restart(row)
         cancel = row.cancel_requested  # an exhausted epoch ends the run failed, restarts left or not
@@ -394,36 +387,6 @@ class LeaseManager:
         lease = self._live.get(run_id)
         if lease is not None:
             lease.cancel_requested = True
-
-    # ------------------------------------------------------------------ fencing
-
-    def _current(self, run_id: str, claim: LeaseClaim) -> LiveLease | None:
-        """The fencing rule (``fencing.names_lease``) plus expiry: the run's live lease when ``claim``
-        names it and it has not expired, else None.  A lease found expired is ended here."""
-        lease = self._live.get(run_id)
-        if not names_lease(lease, claim):
-            return None
-        assert lease is not None
-        if self.monotonic() >= lease.expires_at:
-            self._expire(lease)
-            return None
-        return lease
-
-    def _stale(self, run_id: str, claim: LeaseClaim, call: str) -> StaleLeaseError:
-        """The 409 for a ``call`` whose claim is not the run's live lease, saying why; when the caller held
-        the lease of that epoch and it has ended, the epoch's ``fenced`` event is recorded (once)."""
-        self.stats.fenced += 1
-        lease = self._live.get(run_id)
-        row = None if lease is not None else self.store.get_run(run_id)
-        message = f"lease for run {run_id} is no longer current: {stale_reason(lease, row, claim)}"
-        if is_fenced_holder(self.store.lease_record(run_id, claim.epoch), claim):
-            wall = self.wall()
-            event = NewEvent(
-                wall, claim.epoch, EventName.fenced.value, claim.worker_id, f"{call} refused: {message}"
-            )
-            self.store.save_fenced(run_id, event)
-            log.info("run %s: the holder of epoch %d is fenced: %s", run_id, claim.epoch, event.message)
-        return StaleLeaseError(message)
 
     # ------------------------------------------------------------------ helpers
 

@@ -212,3 +212,75 @@ def test_a_volume_that_fills_up_under_a_running_commander(tmp_path: Path) -> Non
         assert status == 200, body
         assert _call(cmd, "/api/lease/renew", lease)[0] == 200
         assert "state store commits again" in cmd.output()
+
+
+def _lease(grant: dict[str, Any], worker_id: str) -> dict[str, Any]:
+    return {
+        "run_id": grant["run_id"],
+        "worker_id": worker_id,
+        "lease_id": grant["lease_id"],
+        "epoch": grant["epoch"],
+    }
+
+
+def _granted(cmd: CommanderProcess, run_id: str, worker_id: str) -> dict[str, Any]:
+    from relay_testkit.wait import wait_for
+
+    def ask() -> dict[str, Any] | None:
+        status, body = _call(cmd, "/api/lease/acquire", {"run_id": run_id, "worker_id": worker_id})
+        return body if status == 200 else None
+
+    return wait_for(ask, 20, f"{run_id} to be granted to {worker_id}")
+
+
+def test_a_lost_state_file_holds_every_grant_for_one_ttl(tmp_path: Path) -> None:
+    """The state file deleted under a used lock file: leases granted from it may still be held, so nothing is
+    granted for one TTL, and a holder that calls in teaches the commander its run's epoch."""
+    state = tmp_path / "state.db"
+    cmd = CommanderProcess(state, lease_ttl_s=2.0, log_path=tmp_path / "commander.log").start()
+    try:
+        old = [_call(cmd, "/api/lease/acquire", {"run_id": "r1", "worker_id": "w1"})[1]]
+        for _ in range(4):  # r1 reaches epoch 5 with w1 holding it
+            _call(cmd, "/api/lease/release", _lease(old[-1], "w1") | {"outcome": "preempted"})
+            old.append(_call(cmd, "/api/lease/acquire", {"run_id": "r1", "worker_id": "w1"})[1])
+        assert old[-1]["epoch"] == 5
+        cmd.kill()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{state}{suffix}").unlink(missing_ok=True)
+        cmd.start()
+        assert ".lock is there: a commander used this state before" in cmd.output()
+        status, held = _call(cmd, "/api/lease/acquire", {"run_id": "fresh", "worker_id": "w2"})
+        assert status == 409 and held["holder"] is None and held["retry_after_s"] > 0, held
+        assert "without its state file" in held["detail"]
+        status, refused = _call(cmd, "/api/lease/renew", _lease(old[-1], "w1"))
+        assert status == 409 and "this state is behind" in refused["error"], refused
+        assert _granted(cmd, "r1", "w2")["epoch"] == 6  # once the TTL is out, past the epoch w1 showed
+        assert _granted(cmd, "fresh", "w3")["epoch"] == 1
+    finally:
+        cmd.close()
+
+
+def test_an_older_copy_of_the_state_file_is_caught_up_by_the_holders(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    cmd = CommanderProcess(state, lease_ttl_s=2.0, log_path=tmp_path / "commander.log").start()
+    try:
+        first = _call(cmd, "/api/lease/acquire", {"run_id": "r1", "worker_id": "w1"})[1]
+        assert cmd.terminate() == 0
+        backup = state.read_bytes()  # the copy an operator will restore by mistake
+        cmd.start()
+        _call(cmd, "/api/lease/release", _lease(first, "w1") | {"outcome": "preempted"})
+        second = _granted(cmd, "r1", "w2")
+        assert second["epoch"] == 2
+        cmd.kill()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{state}{suffix}").unlink(missing_ok=True)
+        state.write_bytes(backup)
+        cmd.start()
+        # the restored state says w1 holds r1 at epoch 1; w2, which really holds it at epoch 2, calls in
+        status, refused = _call(cmd, "/api/lease/renew", _lease(second, "w2"))
+        assert status == 409 and "this state is behind" in refused["error"], refused
+        status, held = _call(cmd, "/api/lease/acquire", {"run_id": "r1", "worker_id": "w3"})
+        assert status == 409, held  # w1's restored lease, then the first TTL: nobody overlaps w2's trainer
+        assert _granted(cmd, "r1", "w3")["epoch"] == 3
+    finally:
+        cmd.close()

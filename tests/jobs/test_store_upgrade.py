@@ -22,7 +22,7 @@ def test_a_version_1_state_file_is_migrated(tmp_path, monkeypatch):
     run = store.get_run("r1")
     assert run is not None and run.epoch == 4 and run.status is RunStatus.preempted
     assert run.active_s == 0.0 and run.checkpoint_at is None and run.released_outcome is None
-    assert run.remote_epoch is None and run.lease_active_s == 0.0  # migration 5
+    assert run.epoch_floor is None and run.lease_active_s == 0.0  # migration 5
     store.save_run(run, outbox=[NewDelivery("preempted", "{}", 3.0)])
     assert store.pending_deliveries() == 1 and store.callback_state("r1").pending == 1
     store.close()

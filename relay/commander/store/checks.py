@@ -84,9 +84,16 @@ def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def announce_new_state_file(path: Path) -> None:
-    """A new state file is about to be created: say so, and warn when it looks like a volume is missing."""
+    """A new state file is about to be created: say so, and warn when it looks like a volume is missing
+    or when the state was lost (its lock file is there: a commander used it)."""
     parent = path.parent
     log.warning("no state file at %s: creating a new one (no runs; epochs start at 1)", path)
+    if path.with_name(path.name + ".lock").exists():
+        log.warning(
+            "%s.lock is there: a commander used this state before, and its runs and leases are lost; "
+            "no run is granted for one lease TTL, so that every lease it had granted runs out first",
+            path,
+        )
     try:
         empty = not any(parent.iterdir())
     except OSError:

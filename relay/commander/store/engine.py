@@ -70,6 +70,7 @@ class TxEngine:
         self._on_recovered: Callable[[], None] | None = None
         self.batches = 0  # commits of group-commit batches (for tests and metrics)
         self.commit_error: StoreError | None = None  # why the last batch failed; None once one commits
+        self.lost_state = False  # the file was missing although its lock file showed it had been used
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -78,12 +79,13 @@ class TxEngine:
         """Open (creating if needed) the state at ``path``; ``":memory:"`` for a throwaway one."""
         path_s = str(path)
         lock_fd = None
-        existed = True
+        existed = used_before = True
         if path_s != ":memory:":
             parent = Path(path_s).resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"state directory {parent} does not exist")
             existed = _checked(Path(path_s), parent)  # before the lock file changes the directory
+            used_before = Path(path_s + ".lock").exists()
             lock_fd = _lock(path_s + ".lock")
         conn: sqlite3.Connection | None = None
         try:
@@ -94,6 +96,7 @@ class TxEngine:
             conn.execute("PRAGMA synchronous=FULL")
             migrate(conn, path_s)
             store = cls(conn, path_s, lock_fd)
+            store.lost_state = not existed and used_before
         except BaseException as exc:
             if conn is not None:
                 conn.close()

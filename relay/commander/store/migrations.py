@@ -130,11 +130,11 @@ MIGRATIONS: tuple[str, ...] = (
         last_step = (SELECT step FROM metrics m WHERE m.run_id = leases.run_id AND m.epoch = leases.epoch
                      ORDER BY m.id DESC LIMIT 1);
     """,
-    # 5 (fencing against storage, budgets on a monotonic clock): the highest epoch the run's remote was
-    # found at (the next grant goes past it), and the running time of the current lease as of its last
-    # save, so a commander restart keeps what it had counted without reading the wall clock.
+    # 5 (fencing against storage, budgets on a monotonic clock): the highest epoch known to exist outside
+    # this state - its remote's, or one a holder showed - which the next grant goes past, and the running
+    # time of the current lease as of its last save, so a restart keeps its count without the wall clock.
     """
-    ALTER TABLE runs ADD COLUMN remote_epoch INTEGER;
+    ALTER TABLE runs ADD COLUMN epoch_floor INTEGER;
     ALTER TABLE runs ADD COLUMN lease_active_s REAL NOT NULL DEFAULT 0;
     """,
 )

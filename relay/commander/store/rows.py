@@ -37,7 +37,7 @@ class RunRow:
     checkpoint_at: float | None = None  # wall clock when latest_checkpoint last changed
     active_s: float = 0.0  # seconds spent under ended leases (the max_duration_s budget), monotonic
     released_outcome: str | None = None  # the outcome of the release of released_lease_id
-    remote_epoch: int | None = None  # the highest epoch the run's remote was found at: grants go past it
+    epoch_floor: int | None = None  # the highest epoch known outside this state (its remote, a holder)
     lease_active_s: float = 0.0  # seconds under the current lease as of its last save (monotonic)
 
     def apply_progress(
