@@ -22,11 +22,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from relay.ids import InvalidIdError, id_problem, validate_id
+from relay.redact import MASK, is_secret_name
 
-MASK = "***"
-SECRET_KEYS = frozenset({"HF_TOKEN", "RELAY_SHARED_SECRET"})
-# Extra --env variables that look like credentials are masked too (WANDB_API_KEY, AWS_SECRET_ACCESS_KEY...).
-_SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_RELAY_ROOT = "/mnt/relay"
 DEFAULT_VOLUME_PATH = "/mnt"
@@ -99,11 +96,6 @@ class WorkerEnv:
         return any(is_secret_name(k) and v for k, v in self.values.items())
 
 
-def is_secret_name(key: str) -> bool:
-    """Whether a variable's value must be masked in printed commands."""
-    return key in SECRET_KEYS or bool(_SECRET_NAME_RE.search(key.upper()))
-
-
 def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every print-*-command shares: what the worker in the pod needs to know."""
     g = parser.add_argument_group("worker settings (flag, else environment variable, else --config)")
@@ -139,7 +131,9 @@ def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> WorkerEnv:
-    """Flags, then ``environ``, then ``--config``; validated by WorkerConfig. Raises DeployError."""
+    """Flags, then ``environ``, then ``--config``; validated by WorkerConfig and held to what a pod
+    needs (:func:`relay.worker.check.pod_requirements`): the rules of the pod's own check, so a
+    printed command cannot start a pod that the image's entrypoint would refuse. Raises DeployError."""
     from relay.config import env_names
 
     merged: dict[str, str] = {k: environ[k] for k in CALLER_ENV if k in environ}
@@ -162,10 +156,10 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
                 problems.append(str(exc))
                 merged.pop(_FLAG_ENV[dest][0], None)  # named once: the config check goes on without it
     cfg = _load(args, merged, problems)
-    if cfg is None:
-        raise DeployError(*problems)
-
     names = env_names()
+    if cfg is None:
+        raise DeployError(*problems, *_extra_env(args.extra_env, {}, names))
+
     data = cfg.model_dump(mode="json")
     values: dict[str, str] = {}
     for key in cfg.model_fields_set:
@@ -177,7 +171,7 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     values["MODE"] = cfg.mode  # the entrypoint wants it explicit, even when it is the default
     if args.worker_id is not None:
         values["WORKER_ID"] = cfg.worker_id
-    problems += _remote_and_secrets(cfg, values)
+    _remote_and_secrets(cfg, values)
     problems += _extra_env(args.extra_env, values, names)
     if problems:
         raise DeployError(*problems)
@@ -192,50 +186,26 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return WorkerEnv(values=_ordered(values), notes=notes)
 
 
-def _remote_and_secrets(cfg: Any, values: dict[str, str]) -> list[str]:
-    """Add the remote, the shared secret and the Hub token to ``values``; returns what is missing."""
-    problems = []
+def _remote_and_secrets(cfg: Any, values: dict[str, str]) -> None:
+    """Add the remote, the shared secret and the Hub token to ``values`` (the pod rules hold: a
+    remote and the secret are there, and a token when the remote is hf://)."""
     if cfg.hf_repo is not None:
         values["HF_REPO"] = cfg.hf_repo
-    elif cfg.remote is not None:
-        values["RELAY_REMOTE"] = cfg.remote
     else:
-        problems.append(
-            "no checkpoint remote: pass --hf-repo owner/name or --remote hf://owner/name|file:///path "
-            "(or set HF_REPO / RELAY_REMOTE); without one a new pod cannot resume the run"
-        )
-    secret = cfg.secret()
-    if not secret:
-        problems.append(
-            "no shared secret: pass --shared-secret or set RELAY_SHARED_SECRET (the commander's --shared-secret)"
-        )
-    values["RELAY_SHARED_SECRET"] = secret or ""
-    token = cfg.token()
-    if cfg.remote is not None and cfg.remote.startswith("hf://") and not token:
-        problems.append(
-            f"no Hugging Face token for {cfg.remote}: pass --hf-token or set HF_TOKEN (write access)"
-        )
-    if token:
-        values["HF_TOKEN"] = token
-    return problems
+        values["RELAY_REMOTE"] = cfg.remote
+    values["RELAY_SHARED_SECRET"] = cfg.secret()
+    if cfg.token():
+        values["HF_TOKEN"] = cfg.token()
 
 
 def _load(args: argparse.Namespace, merged: dict[str, str], problems: list[str]) -> Any:
-    """The worker's config from ``merged`` (and --config), or None; its problems go to ``problems``.
-
-    A missing commander URL is one problem among others: the rest is checked with a stand-in URL, so
-    the user learns every missing setting at once."""
+    """The worker's config from ``merged`` (and --config) under the pod rules, or None; every problem
+    goes to ``problems``."""
     from relay.config import ConfigError, load_config
+    from relay.worker.check import pod_requirements
 
     try:
-        return load_config(args.config, env=merged)
-    except ConfigError as exc:
-        if exc.key != "commander_url" or not exc.message.startswith("required"):
-            problems += _config_error_lines(exc, args)
-            return None
-        problems.append(_config_error_line(exc, args))
-    try:
-        return load_config(args.config, env={**merged, "COMMANDER_URL": "http://commander.invalid:8080"})
+        return load_config(args.config, env=merged, extra=pod_requirements)
     except ConfigError as exc:
         problems += _config_error_lines(exc, args)
         return None
@@ -264,14 +234,26 @@ def _config_error_lines(exc: Any, args: argparse.Namespace) -> list[str]:
     return [_config_error_line(ConfigError(key, msg, source), args) for key, msg, source in exc.problems]
 
 
+# A setting the worker's rules require, said the printers' way: with the flags that give it.
+_MISSING = {
+    "commander_url": "no commander: pass --commander-url or set COMMANDER_URL (an address the pod can reach)",
+    "remote": "no checkpoint remote: pass --hf-repo owner/name or --remote hf://owner/name|file:///path "
+    "(or set HF_REPO / RELAY_REMOTE); without one a new pod cannot resume the run",
+    "relay_shared_secret": "no shared secret: pass --shared-secret or set RELAY_SHARED_SECRET "
+    "(the commander's --shared-secret)",
+    "hf_token": "no Hugging Face token for the hf:// remote: pass --hf-token or set HF_TOKEN (write access)",
+}
+
+
 def _config_error_line(exc: Any, args: argparse.Namespace) -> str:
-    """The worker's one-line ConfigError, naming the flag when the bad value came from one."""
+    """The worker's one-line ConfigError, naming the flag that gave the bad value or would give the
+    missing one."""
     key = exc.key or ""
     dest = next((d for d, (_, k) in _FLAG_ENV.items() if k == key), None)
     if dest is not None and getattr(args, dest, None) is not None:
         return f"{_KEY_FLAG[key]}: {exc.message}"
-    if key == "commander_url" and exc.message.startswith("required"):
-        return "no commander: pass --commander-url or set COMMANDER_URL (an address the pod can reach)"
+    if key in _MISSING and exc.message.startswith("required"):
+        return _MISSING[key]
     return str(exc)
 
 

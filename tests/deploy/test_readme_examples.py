@@ -71,7 +71,7 @@ def test_without_the_exports_every_missing_setting_is_named_at_once(command, cap
     assert rc == 2 and out == ""
     lines = err.splitlines()
     assert lines[0].endswith("error: 2 problems:"), err
-    assert lines[1].startswith("  - no shared secret") and lines[2].startswith("  - no Hugging Face token"), (
+    assert lines[1].startswith("  - no Hugging Face token") and lines[2].startswith("  - no shared secret"), (
         err
     )
 

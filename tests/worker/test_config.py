@@ -85,6 +85,8 @@ def test_defaults_and_shorthands() -> None:
         ({**BASE, "RELAY_REMOTE": "s3://b"}, "remote", "hf://"),
         ({**BASE, "RELAY_REMOTE": "file://relative"}, "remote", "absolute"),
         ({**BASE, "HF_REPO": "a/b", "RELAY_REMOTE": "file:///x"}, "hf_repo", "conflicts"),
+        ({**BASE, "HF_REPO": "a/b"}, "hf_token", "required for the remote hf://a/b: set HF_TOKEN"),
+        ({**BASE, "RELAY_REMOTE": "hf://a/b", "HF_TOKEN": " "}, "hf_token", "required"),
         ({**BASE, "GRACE_S": "-1"}, "grace_s", "greater than 0"),
         ({**BASE, "TRAIN": "[1, 2]"}, "train", "dictionary"),
     ],
@@ -161,3 +163,23 @@ def test_yaml_problems_are_one_line_with_the_position(tmp_path: Path, text: str,
     with pytest.raises(ConfigError) as info:
         load_config(f, env={})
     assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_missing_commander_is_one_problem_among_the_others() -> None:
+    """Not a check before the others: the validator names it with how to set it, beside the rest."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"RUN_ID": "..", "MODE": "ppo"})
+    assert str(info.value).startswith("config error: commander_url: required: set commander_url in the")
+    assert [key for key, _, _ in info.value.problems] == ["commander_url", "run_id", "mode"]
+    assert info.value.problems[2][2] == "env MODE"
+
+
+def test_extra_rules_are_reported_with_the_models() -> None:
+    def needs_secret(data: object) -> list[tuple[str, str]]:
+        return [("relay_shared_secret", "required here")]
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**BASE, "MODE": "ppo"}, extra=needs_secret)
+    assert [key for key, _, _ in info.value.problems] == ["mode", "relay_shared_secret"]
+    with pytest.raises(ConfigError, match="relay_shared_secret: required here"):
+        load_config(None, env=BASE, extra=needs_secret)
