@@ -135,8 +135,9 @@ class CommanderConfig(BaseModel):
     )
     max_connections: int = _setting(
         4096,
-        "Open connections at most (and at most the open-file limit less 64); at the cap a new connection "
-        "replaces the oldest that has not sent a request yet, or is answered 503.",
+        "Open connections at most (and fewer when the open-file limit is low: room is kept for the state "
+        "file and one accept batch); at the cap a new connection replaces the oldest that has not sent a "
+        "request yet, or is answered 503.",
         env="RELAY_MAX_CONNECTIONS",
         flag="--max-connections",
         gt=0,

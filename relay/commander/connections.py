@@ -54,6 +54,17 @@ _FULL = _answer("503 Service Unavailable", "commander at its connection limit", 
 FD_RESERVE = 64
 
 
+def sizing(files: int, max_connections: int) -> tuple[int, int]:
+    """(connection cap, listen backlog) for an open-file limit of ``files``.
+
+    asyncio accepts up to ``backlog`` connections in one go before any of them reaches
+    :meth:`ConnectionGuard.admit` (each holding a descriptor already), so the cap leaves room for one
+    such batch as well as :data:`FD_RESERVE`: the process never runs out of descriptors (EMFILE stops
+    *every* accept, workers' included, for a second at a time)."""
+    backlog = min(1024, max(16, files // 8))
+    return max(16, min(max_connections, files - FD_RESERVE - backlog)), backlog
+
+
 @dataclass
 class ConnectionStats:
     """Counters for tests, benchmarks and the metrics endpoint."""

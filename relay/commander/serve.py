@@ -91,17 +91,15 @@ async def _serve(config: CommanderConfig) -> int:
 
     from relay.commander.app import create_app
     from relay.commander.connections import (
-        FD_RESERVE,
         ConnectionGuard,
         install_accept_error_log,
         raise_fd_limit,
+        sizing,
     )
 
     files, _ = raise_fd_limit()
-    guard = ConnectionGuard(
-        max_connections=max(16, min(config.max_connections, files - FD_RESERVE)),
-        header_timeout_s=config.header_timeout_s,
-    )
+    cap, backlog = sizing(files, config.max_connections)
+    guard = ConnectionGuard(max_connections=cap, header_timeout_s=config.header_timeout_s)
     app = create_app(
         config.state,
         secret=config.secret(),
@@ -122,7 +120,7 @@ async def _serve(config: CommanderConfig) -> int:
     install_accept_error_log(loop)
     try:
         server = await loop.create_server(
-            guard.factory(runner.server), config.host, config.port, backlog=1024, reuse_address=True
+            guard.factory(runner.server), config.host, config.port, backlog=backlog, reuse_address=True
         )
     except OSError as exc:
         await runner.cleanup()
