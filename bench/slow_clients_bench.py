@@ -112,6 +112,7 @@ def _slow_process(host: str, port: int, count: int, ready: Any, stop: Any, out: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from relay_testkit.chaos_faults import with_fd_limit
     from relay_testkit.commander_proc import CommanderProcess
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=15.0, help="seconds of renewals per phase (default 15)")
     p.add_argument("--max-connections", type=int, default=None, help="the commander's --max-connections")
     p.add_argument("--header-timeout", type=float, default=None, help="the commander's --header-timeout")
+    p.add_argument(
+        "--commander-fd-limit",
+        type=int,
+        default=None,
+        help="start the commander with this open-file limit (soft and hard), e.g. 1024 as on many hosts",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args(argv)
 
@@ -132,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.header_timeout is not None:
         flags += ["--header-timeout", str(args.header_timeout)]
     workdir = Path(tempfile.mkdtemp(prefix="relay-slow-bench-"))
-    cmd = CommanderProcess(workdir / "state.db", secret=SECRET, lease_ttl_s=30, extra_args=flags).start()
+    limit = args.commander_fd_limit
+    wrap = (lambda argv: with_fd_limit(argv, limit)) if limit else None
+    cmd = CommanderProcess(workdir / "state.db", secret=SECRET, lease_ttl_s=30, extra_args=flags, wrap=wrap)
+    cmd.start()
     try:
         leases = []
         for i in range(args.workers):
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         slow_stats = out.get(timeout=60)
         proc.join(30)
         log_lines = len(cmd.output().splitlines()) - log_before
-        limits = next(line for line in cmd.output().splitlines() if "connections (open-file limit" in line)
+        limits = next((ln for ln in cmd.output().splitlines() if "connections (open-file limit" in ln), "?")
     finally:
         cmd.close()
     figures = {"no_slow_clients": quiet, f"{args.slow}_slow_clients": loaded, "slow_clients": slow_stats}

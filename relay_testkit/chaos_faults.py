@@ -29,12 +29,13 @@ if TYPE_CHECKING:
     from relay_testkit.chaos_cluster import ChaosCluster, WorkerHandle
 
 
-def with_fd_limit(argv: Sequence[str], limit: int) -> list[str]:
-    """``argv`` run with its open-file limit (soft and hard) at ``limit``: a small machine, where a few
-    hundred idle connections are enough to run a server out of descriptors."""
+def with_fd_limit(argv: Sequence[str], limit: int, soft: int | None = None) -> list[str]:
+    """``argv`` run with its open-file limit at ``limit`` (hard) and ``soft`` (default: the same): a small
+    machine, where a few hundred idle connections are enough to run a server out of descriptors."""
     code = (
         "import os, resource, sys; "
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); os.execv(sys.argv[1], sys.argv[1:])"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft or limit}, {limit})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
     )
     return [sys.executable, "-c", code, *argv]
 

@@ -118,8 +118,8 @@ class CommanderConfig(BaseModel):
     )
     header_timeout_s: float = _setting(
         10.0,
-        "A connection must send a whole request head this soon after connecting or after its last answer, "
-        "else it is closed (a slow or idle client holds no socket for long).",
+        "A connection must send a whole request head this soon after connecting (each gets 3/4 to all of "
+        "it, so a flood is not closed at once) or after its last answer, else it is closed.",
         env="RELAY_HEADER_TIMEOUT_S",
         flag="--header-timeout",
         gt=0,

@@ -8,8 +8,10 @@ without a deadline of its own, so the listening socket's protocol is wrapped (:c
 plain asyncio, around aiohttp's own request handler):
 
 * **head deadline**: a connection must deliver its first request head (up to the blank line) within
-  ``header_timeout_s`` of connecting, else it is answered 408 and closed.  Later requests on a kept-alive
-  connection are bounded by aiohttp's keep-alive timeout, set to the same value.
+  ``header_timeout_s`` of connecting (less up to a quarter, at random, so that a flood opened at once is
+  not closed in one go), else it is answered 408 and closed; aiohttp sees the connection
+  only once that head is in.  Later requests on a kept-alive connection are bounded by aiohttp's
+  keep-alive timeout, set to the same value.
 * **connection cap**: at ``max_connections`` a new connection takes the place of the oldest one that
   has not delivered its first head yet (the slow ones, never a worker mid-request); when every
   connection has, the new one is answered 503 and closed.
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,19 +54,44 @@ def _answer(status: str, text: str, *headers: str) -> bytes:
 
 _TIMEOUT = _answer("408 Request Timeout", "request head not received in time")
 _FULL = _answer("503 Service Unavailable", "commander at its connection limit", "Retry-After: 1")
+_TOO_LARGE = _answer("431 Request Header Fields Too Large", "request head over 64 KiB")
+#: a request head longer than this is refused (aiohttp's own limits are 8 KiB a line)
+MAX_HEAD_BYTES = 64 * 1024
 #: descriptors kept for the state file, its WAL, logs and outgoing callbacks when the cap follows the limit
 FD_RESERVE = 64
 
 
+#: the kernel's queue of connections not accepted yet (they hold no descriptor of ours): a worker's
+#: connection waits there behind a flood instead of being dropped and retried a second later
+LISTEN_BACKLOG = 1024
+
+
 def sizing(files: int, max_connections: int) -> tuple[int, int]:
-    """(connection cap, listen backlog) for an open-file limit of ``files``.
+    """(connection cap, accept batch) for an open-file limit of ``files``.
 
     asyncio accepts up to ``backlog`` connections in one go before any of them reaches
-    :meth:`ConnectionGuard.admit` (each holding a descriptor already), so the cap leaves room for one
-    such batch as well as :data:`FD_RESERVE`: the process never runs out of descriptors (EMFILE stops
-    *every* accept, workers' included, for a second at a time)."""
-    backlog = min(1024, max(16, files // 8))
-    return max(16, min(max_connections, files - FD_RESERVE - backlog)), backlog
+    :meth:`ConnectionGuard.admit` (each holding a descriptor already), the next batch may come before
+    those, and a connection closed to make room lets go of its descriptor one loop turn later: the cap
+    leaves room for three such batches as well as :data:`FD_RESERVE`, so that the process does not run
+    out of descriptors (EMFILE stops *every* accept, workers' included, for a second at a time)."""
+    batch = min(LISTEN_BACKLOG, max(16, files // 8))
+    return max(16, min(max_connections, files - FD_RESERVE - 3 * batch)), batch
+
+
+async def listen(
+    guard: ConnectionGuard, inner: Callable[[], Any], host: str, port: int, batch: int
+) -> asyncio.Server:
+    """The listening socket, with ``guard`` around aiohttp's protocol factory (``inner``).
+
+    asyncio uses its ``backlog`` argument both for ``listen(2)`` and as how many connections it accepts
+    in one go; the second must stay small on a small open-file limit, the first need not: the queue is
+    set again to :data:`LISTEN_BACKLOG` once the server is up."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(guard.factory(inner), host, port, backlog=batch, reuse_address=True)
+    for sock in server.sockets:
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as same:  # a dup of the listening socket
+            same.listen(LISTEN_BACKLOG)
+    return server
 
 
 @dataclass
@@ -129,7 +158,12 @@ class ConnectionGuard:
 
 
 class GuardedProtocol(asyncio.Protocol):
-    """One connection: aiohttp's handler inside, a deadline until the first request head is in."""
+    """One connection: a deadline until the first request head is in, then aiohttp's handler.
+
+    aiohttp's handler (and the task it starts) is made only once that head is complete, and is fed the
+    bytes held until then: a connection that never finishes its head costs a buffer and a timer, so
+    thousands of them (and the churn of closing and reopening them) stay cheap for the event loop that
+    answers the renewals."""
 
     def __init__(self, guard: ConnectionGuard, inner: Callable[[], Any]) -> None:
         self._guard = guard
@@ -137,7 +171,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._inner: Any = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._tail = b""
+        self._head = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -146,27 +180,28 @@ class GuardedProtocol(asyncio.Protocol):
             transport.close()
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._guard.header_timeout_s, self._head_too_slow)
-        self._inner = self._make_inner()
-        self._inner.connection_made(transport)
+        # jittered down by up to a quarter: a flood opened at once does not time out in one loop turn
+        deadline = self._guard.header_timeout_s * random.uniform(0.75, 1.0)
+        self._timer = loop.call_later(deadline, self._head_too_slow)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None:
+        if self._inner is not None:
+            self._inner.data_received(data)
             return
-        if self._timer is not None:
-            if _HEAD_END in self._tail + data:
-                self._proven()
-            else:
-                self._tail = (self._tail + data)[-3:]
-        self._inner.data_received(data)
+        if self._timer is None:  # refused or closed: nothing more is read
+            return
+        searched = max(0, len(self._head) - 3)
+        self._head += data
+        if self._head.find(_HEAD_END, searched) >= 0:
+            self._start_inner()
+        elif len(self._head) > MAX_HEAD_BYTES:
+            self._close_with(_TOO_LARGE)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self._guard.gone(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
@@ -182,25 +217,33 @@ class GuardedProtocol(asyncio.Protocol):
 
     def close_slow(self) -> None:
         """Answer 408 and close: the head did not come in time (or room is needed for a new connection)."""
+        self._close_with(_TIMEOUT)
+
+    def _start_inner(self) -> None:
+        self._cancel_timer()
+        self._guard.proven(self)
+        head, self._head = bytes(self._head), bytearray()
+        self._inner = self._make_inner()
+        self._inner.connection_made(self._transport)
+        self._inner.data_received(head)
+
+    def _close_with(self, answer: bytes) -> None:
+        self._cancel_timer()
+        self._guard.gone(self)
+        self._head = bytearray()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(answer)
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._guard.gone(self)
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_TIMEOUT)
-            self._transport.close()
-
-    def _proven(self) -> None:
-        assert self._timer is not None
-        self._timer.cancel()
-        self._timer = None
-        self._tail = b""
-        self._guard.proven(self)
 
     def _head_too_slow(self) -> None:
         self._timer = None
         self._guard.stats.head_timeouts += 1
-        self.close_slow()
+        self._close_with(_TIMEOUT)
 
 
 #: when the body of the request must be in, on the loop's clock (set by :func:`body_deadline`)

@@ -93,12 +93,13 @@ async def _serve(config: CommanderConfig) -> int:
     from relay.commander.connections import (
         ConnectionGuard,
         install_accept_error_log,
+        listen,
         raise_fd_limit,
         sizing,
     )
 
     files, _ = raise_fd_limit()
-    cap, backlog = sizing(files, config.max_connections)
+    cap, batch = sizing(files, config.max_connections)
     guard = ConnectionGuard(max_connections=cap, header_timeout_s=config.header_timeout_s)
     app = create_app(
         config.state,
@@ -119,9 +120,7 @@ async def _serve(config: CommanderConfig) -> int:
     loop = asyncio.get_running_loop()
     install_accept_error_log(loop)
     try:
-        server = await loop.create_server(
-            guard.factory(runner.server), config.host, config.port, backlog=backlog, reuse_address=True
-        )
+        server = await listen(guard, runner.server, config.host, config.port, batch)
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(exc.strerror or str(exc)) from None

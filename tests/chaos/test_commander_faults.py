@@ -6,6 +6,7 @@ and every run completes."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 from relay_testkit import chaos_faults
@@ -119,13 +120,18 @@ def test_slow_clients_on_a_small_machine_fence_nobody(tmp_path: Path) -> None:
             lambda: all(synced(w, r) for w, r in zip(workers, runs, strict=True)), 30, "both holders to sync"
         )
         flood = chaos_faults.SlowFlood(c, 400, 8.0).start(0.0)
-        wait_for(
-            lambda: flood.clients is not None and flood.clients.stats.answered_408 >= 100,
-            60,
-            "slow heads cut",
-        )
+        since = time.time()
+
+        def syncs_during_flood() -> bool:  # the holders keep their leases and go on syncing meanwhile
+            return all(
+                sum(1 for e in events(w, r) if e["event"] == "checkpoint_synced" and e["ts"] > since) >= 3
+                for w, r in zip(workers, runs, strict=True)
+            )
+
+        wait_for(syncs_during_flood, 60, "three syncs of each run during the flood")
+        assert flood.clients is not None and flood.clients.stats.open_now >= 100  # the flood is on
         stats = flood.stop()
         report = finish(c, runs)
-    assert stats["opened"] >= 400 and stats["answered_408"] + stats["answered_503"] >= 100, stats
+    assert stats["opened"] >= 400, stats
     assert not report.fenced_by_cause, report.fenced_reasons  # no renewal was starved
     assert report.ends == {"completed": 2}, report.summary()

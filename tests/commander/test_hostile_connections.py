@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from relay.commander.connections import install_accept_error_log
+from relay_testkit.chaos_faults import with_fd_limit
 from relay_testkit.commander_proc import CommanderProcess
 from relay_testkit.slow_clients import SlowClients
 from relay_testkit.wait import wait_for
@@ -140,12 +141,14 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408(tmp_path: Path) -> None:
 
 
 def test_serve_raises_the_open_file_soft_limit_to_the_hard_one(tmp_path: Path) -> None:
-    cmd = serve(tmp_path)
+    cmd = CommanderProcess(
+        tmp_path / "state.db", secret=SECRET, wrap=lambda argv: with_fd_limit(argv, 2048, soft=256)
+    ).start()  # started as a shell with `ulimit -Sn 256` would start it
     try:
         limits = Path(f"/proc/{cmd.pid}/limits").read_text()
         line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
-        soft, hard = line.split()[3:5]
-        assert soft == hard, line
+        assert line.split()[3:5] == ["2048", "2048"], line
+        assert "open-file limit 2048" in cmd.output()
     finally:
         cmd.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from relay.commander import runs
@@ -79,7 +81,7 @@ class Clocks:
     the wall clock (an NTP step)."""
 
     def __init__(self, commander) -> None:
-        self.wall, self.mono = 1_000_000.0, 5_000.0
+        self.wall, self.mono = time.time(), 5_000.0  # the wall clock starts at the real one's time
         leases = leases_of(commander)
         leases.wall = lambda: self.wall
         leases.monotonic = lambda: self.mono
