@@ -48,6 +48,8 @@ class HeldLeases:
         None when there is no such file, it belongs to another worker id, or another live process
         holds the lock (a second process with this worker id on this volume)."""
         layout = RunLayout(self.relay_root, run_id)
+        if not layout.held_lease_file.exists():  # nothing to show (and nothing is created before a grant)
+            return None
         if not self._lock(layout):
             log.warning(
                 "%s is locked by another live process with worker id %s on this volume; "
