@@ -300,10 +300,13 @@ def check(
 
     rep.runs_expected = len(expected_runs)
     for run_id in expected_runs:
+        detail = commander_runs.get(run_id)
+        if detail is None and _completed_before_state_loss(events_by_run.get(run_id, []), eras):
+            detail = {"status": "completed", "step": max_steps, "latest_checkpoint": {"step": max_steps}}
         problems = _completion(
             run_id,
             lives_by_run.get(run_id, []),
-            commander_runs.get(run_id),
+            detail,
             remote_states.get(run_id),
             max_steps,
         )
@@ -661,6 +664,13 @@ def _check_resume(
                     f"pid {life.pid} (epoch {life.epoch}) resumed at step {life.start_step}, a checkpoint no trainer had completed",
                 )
             )
+
+
+def _completed_before_state_loss(events: list[dict[str, Any]], eras: list[float]) -> bool:
+    """The run was released as completed, and then the commander lost its state (so it cannot know it):
+    its remote and its trainers still have to show it whole."""
+    done = [float(e["ts"]) for e in events if e.get("event") == "completed" and e.get("released")]
+    return bool(done) and any(min(done) < era for era in eras)
 
 
 def _completion(

@@ -243,3 +243,17 @@ def test_a_wiped_commander_starts_a_new_era_of_grants_but_trainers_still_go_forw
         if ev["worker_id"] == "w2":
             ev["epoch"] = 1
     assert "duplicate_epoch" in {v.kind for v in check(**h).violations}
+
+
+def test_a_run_completed_before_the_state_was_lost_is_judged_by_its_remote_and_trainers() -> None:
+    h = history()
+    h["worker_events"][-1]["released"] = True
+    h["commander_runs"] = {}  # the commander's state was deleted after the run completed
+    assert "incomplete" in {v.kind for v in check(**h).violations}
+    h["actions"] = [
+        {"ts": 9.0, "action": "state_lost_kill", "mode": "delete"},
+        {"ts": 9.5, "action": "state_lost_up", "mode": "delete"},
+    ]
+    assert check(**h).violations == []
+    h["remote_states"][RUN]["step"] = MAX_STEPS - 5  # but its remote must still hold the last step
+    assert "incomplete" in {v.kind for v in check(**h).violations}
