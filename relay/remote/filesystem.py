@@ -52,8 +52,10 @@ from relay.remote.base import (
     decide_push,
     load_local_manifest,
     prune_plan,
+    remote_ckpt_prefix,
     superseded_steps,
 )
+from relay.remote.export import FINAL_DIR, check_final_fence, remote_final_prefix
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +243,14 @@ class FilesystemRemote(Remote):
             raise self._wrap(exc, f"push of step {step}") from None
 
     def _stage(
-        self, ckpt: CommittedCheckpoint, manifest: Manifest, mbytes: bytes, msha: str
+        self, ckpt: CommittedCheckpoint, manifest: Manifest, mbytes: bytes, msha: str, name: str | None = None
     ) -> tuple[Path, int, int, int]:
-        """Build the checkpoint in tmp/ (resuming an interrupted stage of the same manifest)."""
+        """Build the checkpoint (or final export: ``name``) in tmp/, resuming an interrupted stage of the
+        same manifest; files the remote already holds are hard-linked."""
         from filelock import FileLock
 
         self.tmp_root.mkdir(parents=True, exist_ok=True)
-        stage = self.tmp_root / f"{CKPT_DIR_FMT % manifest.step}-{msha[:16]}"
+        stage = self.tmp_root / f"{name or CKPT_DIR_FMT % manifest.step}-{msha[:16]}"
         held = self._held_files()
         sent = files_sent = files_skipped = 0
         with FileLock(str(stage) + ".lock", timeout=self.lock_timeout_s):
@@ -343,6 +346,33 @@ class FilesystemRemote(Remote):
         except OSError as exc:
             raise self._wrap(exc, "prune") from None
 
+    # -- the final export --------------------------------------------------------------------------
+    def push_final(self, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
+        manifest, mbytes = load_local_manifest(export, run_id=self.run_id)
+        prefix = remote_final_prefix(self.run_id)
+        where, final_dir = f"{self.url}/{prefix}", self.root / prefix
+        try:
+            check_final_fence(self._read_state()[0], epoch=epoch, where=where)
+            if self._read_bytes(None, f"{prefix}/{MANIFEST_NAME}") == mbytes:
+                return PushResult(
+                    manifest.step, None, 0, 0, len(manifest.files), noop=True, detail="same export"
+                )
+            stage, sent, files_sent, files_skipped = self._stage(
+                export, manifest, mbytes, sha256_bytes(mbytes), name=FINAL_DIR
+            )
+            with self._lock():
+                state, counter = self._read_state()
+                check_final_fence(state, epoch=epoch, where=where)
+                if os.path.lexists(final_dir):
+                    move_to_trash(final_dir, self.trash)
+                os.rename(stage, final_dir)
+                fsync_dir(self.run_root)
+            Path(str(stage) + ".lock").unlink(missing_ok=True)
+            empty_dir(self.trash)
+            return PushResult(manifest.step, str(counter), sent, files_sent, files_skipped)
+        except OSError as exc:
+            raise self._wrap(exc, "push of the final export") from None
+
     # -- pull primitives -------------------------------------------------------------------------
     def _snapshot(self, revision: str | None) -> Snapshot:
         try:
@@ -362,12 +392,7 @@ class FilesystemRemote(Remote):
         return Snapshot(str(counter), state, steps)
 
     def _read_manifest_bytes(self, snap: Snapshot, step: int) -> bytes | None:
-        try:
-            return (self.ckpts / (CKPT_DIR_FMT % step) / MANIFEST_NAME).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise self._wrap(exc, f"reading the manifest of step {step}") from None
+        return self._read_bytes(snap, f"{remote_ckpt_prefix(self.run_id, step)}/{MANIFEST_NAME}")
 
     def _download(
         self,
@@ -396,3 +421,29 @@ class FilesystemRemote(Remote):
                 raise
             except OSError as exc:
                 raise self._wrap(exc, f"copying {f.path} of step {step}") from None
+
+    def _read_bytes(self, snap: Snapshot | None, path: str) -> bytes | None:
+        try:
+            return (self.root / path).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._wrap(exc, f"reading {path}") from None
+
+    def _download_files(
+        self,
+        snap: Snapshot,
+        prefix: str,
+        files: tuple[FileEntry, ...],
+        dest: Path,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        for f in files:
+            target = dest / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                copy_file_hashed(self.root / prefix / f.path, target, on_chunk=on_bytes)
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):  # the caller names the missing file
+                    raise
+                raise self._wrap(exc, f"copying {prefix}/{f.path}") from None

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 GITATTRIBUTES = ".gitattributes"
 LFS_RULE = "*/checkpoints/** filter=lfs diff=lfs merge=lfs -text"
+FINAL_LFS_RULE = "*/final/** filter=lfs diff=lfs merge=lfs -text"
+LFS_RULES = (LFS_RULE, FINAL_LFS_RULE)
 _RETRYABLE_STATUS = {408, 425, 429}
 
 
@@ -302,13 +304,14 @@ class HubRemote(Remote):
         for _ in range(self.max_cas_retries):
             head = self._head()
             current = (self._read_file(GITATTRIBUTES, head) if head else None) or b""
-            lines = current.decode("utf-8", "replace").splitlines()
-            if LFS_RULE in (ln.strip() for ln in lines):
+            present = {ln.strip() for ln in current.decode("utf-8", "replace").splitlines()}
+            missing = [rule for rule in LFS_RULES if rule not in present]
+            if not missing:
                 break
             text = current.decode("utf-8", "replace")
             if text and not text.endswith("\n"):
                 text += "\n"
-            text += LFS_RULE + "\n"
+            text += "".join(rule + "\n" for rule in missing)
             try:
                 self._commit(
                     [CommitOperationAdd(GITATTRIBUTES, text.encode())],
@@ -435,6 +438,11 @@ class HubRemote(Remote):
             return doomed
         raise RemoteError(f"{self.url}: head kept moving during prune", retryable=True)
 
+    def push_final(self, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
+        from relay.remote.hub_final import push_final
+
+        return push_final(self, export, epoch=epoch)
+
     # -- pull primitives -------------------------------------------------------------------------
     def _snapshot(self, revision: str | None) -> Snapshot:
         sha = self._head(revision)
@@ -456,6 +464,21 @@ class HubRemote(Remote):
         dest: Path,
         on_bytes: Callable[[int], None],
     ) -> None:
+        self._download_files(snap, remote_ckpt_prefix(self.run_id, step), files, dest, on_bytes)
+
+    def _read_bytes(self, snap: Snapshot, path: str) -> bytes | None:
+        if snap.revision is None:
+            return None
+        return self._read_file(path, snap.revision)
+
+    def _download_files(
+        self,
+        snap: Snapshot,
+        prefix: str,
+        files: tuple[FileEntry, ...],
+        dest: Path,
+        on_bytes: Callable[[int], None],
+    ) -> None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import RemoteEntryNotFoundError
         from tqdm.auto import tqdm
@@ -472,7 +495,6 @@ class HubRemote(Remote):
                 return None
 
         assert snap.revision is not None
-        prefix = remote_ckpt_prefix(self.run_id, step)
         scratch = dest.with_name(dest.name + ".dl")
         shutil.rmtree(scratch, ignore_errors=True)
         try:
@@ -493,7 +515,7 @@ class HubRemote(Remote):
                         raise _RemoteMissing(2, "not on the remote", f"{prefix}/{f.path}") from None
 
                 try:
-                    got = self._call(fetch, f"downloading {f.path} of step {step}")
+                    got = self._call(fetch, f"downloading {prefix}/{f.path}")
                 except _HeadMoved:  # pragma: no cover - never from a download
                     raise RemoteError(f"{self.url}: unexpected 412 on download", retryable=True) from None
                 target = dest / f.path

@@ -74,10 +74,10 @@ class Handoff:
             if not synced:
                 log.warning("checkpoint step %s was not synced before the release", latest_step)
         note = "" if synced else f"; checkpoint step {latest_step} NOT synced to the remote"
-        ctx.goto(S.RELEASING)
         step = ctx.progress.step
         if ending is Ending.COMPLETED:
-            return await self.release(R.completed, EXIT_OK, f"trainer finished at step {step}{note}")
+            return await self._complete(step, note)
+        ctx.goto(S.RELEASING)
         if ending is Ending.CANCELLED:
             return await self.release(R.cancelled, EXIT_OK, f"cancelled at step {step}")
         if ending is Ending.RUNTIME:
@@ -87,6 +87,19 @@ class Handoff:
         return await self.release(
             R.preempted, EXIT_OK, f"{sig} at step {step}, checkpoint {latest_step}{note}"
         )
+
+    async def _complete(self, step: int, note: str) -> Outcome:
+        """Completed only once the final export is on the remote (when there is one to publish)."""
+        from relay.worker.final_export import publish_final
+
+        final = await publish_final(self.ctx, step)
+        self.ctx.check_fence()
+        self.ctx.goto(S.RELEASING)
+        if final.error is not None:
+            detail = f"trainer finished at step {step} but {final.error}"
+            return await self.release(R.failed, EXIT_FAILED, detail, restartable=True)
+        extra = f"; {final.detail}" if final.detail else ""
+        return await self.release(R.completed, EXIT_OK, f"trainer finished at step {step}{note}{extra}")
 
     async def _wait_synced(self, step: int, timeout_s: float | None) -> bool:
         """Wait until the remote holds ``step`` (True), the syncer gave up, the fence tripped, or time is up."""
