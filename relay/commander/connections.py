@@ -246,8 +246,11 @@ class GuardedProtocol(asyncio.Protocol):
         self._close_with(_TIMEOUT)
 
 
-#: when the body of the request must be in, on the loop's clock (set by :func:`body_deadline`)
-BODY_DEADLINE = "relay.body_deadline"
+#: when the body of the request must be in, on the loop's clock (set by :func:`body_deadline`); a typed
+#: key where aiohttp has them (3.13+), else the plain string older ones take
+BODY_DEADLINE: Any = (
+    web.RequestKey("relay_body_deadline", float) if hasattr(web, "RequestKey") else "relay_body_deadline"
+)
 
 
 def body_deadline(timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:

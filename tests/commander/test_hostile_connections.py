@@ -65,13 +65,16 @@ def test_slow_and_silent_connections_are_closed_after_the_head_deadline(tmp_path
         for sock in slow:
             got = answer(sock)
             assert got.startswith(b"HTTP/1.1 408 Request Timeout") and b"Connection: close" in got, got
+            sock.close()
         for sock in silent:
             assert answer(sock).startswith(b"HTTP/1.1 408"), "a connection that sent nothing was kept"
+            sock.close()
         # a client that sends its head in pieces, each in time, is served
         sock = socket.create_connection((cmd.host, cmd.port))
         for piece in (b"GET /api/health HTTP/1.1\r\n", b"Host: x\r\n", b"Connection: close\r\n\r\n"):
             sock.sendall(piece)
         assert answer(sock).startswith(b"HTTP/1.1 200")
+        sock.close()
     finally:
         cmd.close()
 
@@ -99,6 +102,7 @@ def test_the_connection_cap_evicts_the_slow_first_and_then_refuses(tmp_path: Pat
             kept.append(sock)
         extra = socket.create_connection((cmd.host, cmd.port))
         got = answer(extra)
+        extra.close()
         assert got.startswith(b"HTTP/1.1 503") and b"connection limit" in got, got
         for sock in kept:
             sock.close()
@@ -118,6 +122,7 @@ def test_the_secret_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
             b"Content-Length: 50000000\r\n\r\n{"  # 50 MB announced, one byte sent
         )
         got = answer(sock)
+        sock.close()
         assert got.startswith(b"HTTP/1.1 401") and b"unauthorized" in got, got[:300]
     finally:
         cmd.close()
@@ -133,6 +138,7 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408(tmp_path: Path) -> None:
             + b'{"run_id": '
         )
         got = answer(sock)
+        sock.close()
         assert got.startswith(b"HTTP/1.1 408") and b"body_timeout" in got, got
         status, _ = api(cmd, "/api/lease/acquire", {"run_id": "r1", "worker_id": "w1"})
         assert status == 200  # nothing was granted by the half request; the run is free
