@@ -79,7 +79,7 @@ def test_the_commander_state_deleted_then_replaced_by_an_older_copy(tmp_path: Pa
     epochs.  It grants nothing for the first TTL after a start on a lost state, then goes past them."""
     runs = ["run-000", "run-001"]
     with ChaosCluster(
-        tmp_path, settings(runs=2, volumes=6, ttl_s=10.0, safety_margin_s=2.5, max_steps=400)
+        tmp_path, settings(runs=2, volumes=6, ttl_s=8.0, safety_margin_s=2.5, max_steps=300)
     ) as c:
         first = [c.spawn_worker(r) for r in runs]
         wait_for(
