@@ -11,6 +11,10 @@ moment (while training, mid-checkpoint, right after a checkpoint is complete, du
 the workers reach the commander through a TCP proxy). Whenever a run completes a new one is added.
 After ``--duration`` seconds the faults stop and the open runs get to finish.
 
+The commander-side faults of issue 13 are mixed in too (``relay_testkit.chaos_faults``): a second worker
+started with a live holder's WORKER_ID, the commander's state deleted or replaced by an older copy, and
+bursts of never-finishing connections against a commander with a small open-file limit.
+
 Then the checker shared with ``tests/chaos`` (relay_testkit/chaos_checks.py) reads what every process
 recorded and prints the figures: runs completed, kills injected, fencing violations (must be 0), the
 most steps lost by one hard kill (same volume: at most one checkpoint interval; another volume: what
@@ -30,6 +34,33 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+
+def add_commander_fault_flags(p: argparse.ArgumentParser) -> None:
+    """The commander-side faults of issue 13 (relay_testkit.chaos_faults), mixed in by default."""
+    p.add_argument("--no-duplicate-ids", action="store_true", help="never start a worker with a live id")
+    p.add_argument(
+        "--no-state-wipes", action="store_true", help="never delete or restore the commander state"
+    )
+    p.add_argument(
+        "--no-slow-clients", action="store_true", help="never flood the commander with slow clients"
+    )
+    p.add_argument(
+        "--slow-clients", type=int, default=600, help="connections in a slow-client burst (default 600)"
+    )
+    p.add_argument(
+        "--commander-fd-limit", type=int, default=512, help="the commander's open-file limit (default 512)"
+    )
+
+
+def commander_fault_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "duplicate_id_weight": 0.0 if args.no_duplicate_ids else 0.1,
+        "state_wipe_weight": 0.0 if args.no_state_wipes else 0.05,
+        "slow_clients_weight": 0.0 if args.no_slow_clients else 0.1,
+        "slow_clients": args.slow_clients,
+        "commander_fd_limit": args.commander_fd_limit,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-commander-restarts", action="store_true", help="never restart the commander")
     p.add_argument("--no-partitions", action="store_true", help="never cut a worker's link")
+    add_commander_fault_flags(p)
     p.add_argument(
         "--workdir",
         type=Path,
@@ -87,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         partition_weight=0.0 if args.no_partitions else 0.15,
         new_runs=True,
         seed=args.seed,
+        **commander_fault_settings(args),
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="relay-chaos-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,9 @@ The invariants, each with a name used in :class:`Violation`:
 - ``trainer_outlived``: a trainer still alive after every worker stopped.
 - ``trainer_without_lease``: a trainer ran under an epoch its worker was never granted.
 - ``epoch_order`` / ``duplicate_epoch``: grants (the commander's and the workers' own events) carry
-  strictly increasing epochs, never the same one twice; trainers start in non-decreasing epochs.
+  strictly increasing epochs, never the same one twice; trainers start in non-decreasing epochs.  A
+  commander whose state was wiped or replaced (``state_lost_*`` in the driver's log) starts a new era
+  of grants, checked on its own; trainers' epochs are checked across eras all the same.
 - ``stale_report_accepted``: the commander recorded a worker's report of epoch e after it granted a
   later epoch (a fenced-off worker's late report must be refused).
 - ``closed_run_granted``: a run trained again after it completed.
@@ -134,6 +136,7 @@ class ChaosReport:
     restarts_that_fenced: int = 0  # commander restarts after which some worker fenced itself
     fenced_by_cause: Counter[str] = field(default_factory=Counter)  # partition, commander_restart, other
     partitions: int = 0
+    faults: Counter[str] = field(default_factory=Counter)  # duplicate ids, state wipes, slow-client bursts
     trainers: int = 0
     epochs: int = 0
     duration_s: float = 0.0
@@ -174,6 +177,7 @@ class ChaosReport:
             "commander_restarts": self.commander_restarts,
             "commander_restarts_survived": self.commander_restarts - self.restarts_that_fenced,
             "partitions": self.partitions,
+            "commander_faults": dict(sorted(self.faults.items())),
             "fenced_by_cause": dict(sorted(self.fenced_by_cause.items())),
             "worker_exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items())},
         }
@@ -243,7 +247,8 @@ def check(
     v = rep.violations
     lives = build_lives(mock_records, deaths)
     rep.trainers = len(lives)
-    workers_by_id = {w["worker_id"]: w for w in workers}
+    workers_by_id = {(w["worker_id"], w.get("volume")): w for w in workers}  # duplicate ids: one per volume
+    eras = sorted(float(a["ts"]) for a in actions if a.get("action") == "state_lost_up")
 
     for a in actions:
         if a.get("action") == "signal" and not str(a.get("moment", "")).startswith("shutdown"):
@@ -252,6 +257,8 @@ def check(
             rep.commander_restarts += 1
         elif a.get("action") == "partition":
             rep.partitions += 1
+        elif a.get("action") in ("duplicate_worker_id", "slow_clients", "state_lost_up"):
+            rep.faults[f"{a['action']}/{a['mode']}" if a.get("mode") else a["action"]] += 1
 
     events_by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ev in worker_events:
@@ -265,7 +272,11 @@ def check(
         rep.exit_codes[code if code is not None else 999] += 1
         # SIGTERM's default action (before the worker installed its handler, or after it removed it on
         # the way out) is harmless only while the worker holds no lease
-        mine = [e for e in worker_events if e.get("worker_id") == w["worker_id"]]
+        mine = [
+            e
+            for e in worker_events
+            if e.get("worker_id") == w["worker_id"] and e.get("_volume") == w.get("volume", e.get("_volume"))
+        ]
         held = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") == "acquired"}
         ended = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") in END_EVENTS}
         ok = code in (0, 3, -9) or (code == -15 and held <= ended)
@@ -284,14 +295,18 @@ def check(
             commander_runs.get(run_id),
             workers_by_id,
             save_steps,
+            eras,
         )
 
     rep.runs_expected = len(expected_runs)
     for run_id in expected_runs:
+        detail = commander_runs.get(run_id)
+        if detail is None and _completed_before_state_loss(events_by_run.get(run_id, []), eras):
+            detail = {"status": "completed", "step": max_steps, "latest_checkpoint": {"step": max_steps}}
         problems = _completion(
             run_id,
             lives_by_run.get(run_id, []),
-            commander_runs.get(run_id),
+            detail,
             remote_states.get(run_id),
             max_steps,
         )
@@ -332,6 +347,14 @@ def _attribute_fences(
                 float("inf"),
             )
             outages.append((a["ts"], up))
+    lost: list[tuple[float, float]] = []
+    for a in actions:
+        if a.get("action") == "state_lost_kill":
+            up = next(
+                (u["ts"] for u in actions if u.get("action") == "state_lost_up" and u["ts"] >= a["ts"]),
+                float("inf"),
+            )
+            lost.append((a["ts"], up))
     fenced_restarts: set[float] = set()
     for ev in worker_events:
         if ev.get("event") != "fenced":
@@ -340,6 +363,8 @@ def _attribute_fences(
         window = max(ttl, 3.0)  # a fence follows its cause by at most ttl - margin (+ a kill grace)
         if any(start <= ts <= end + window for start, end in cuts.get(str(ev.get("worker_id")), [])):
             cause = "partition"
+        elif any(start <= ts <= end + window for start, end in lost):
+            cause = "state_lost"  # its holder learns on its next renew: the new state does not know it
         else:
             hit = [start for start, end in outages if start <= ts <= end + window]
             cause = "commander_restart" if hit else "other"
@@ -365,8 +390,9 @@ def _check_run(
     lives: list[Life],
     events: list[dict[str, Any]],
     detail: dict[str, Any] | None,
-    workers: dict[str, dict[str, Any]],
+    workers: dict[tuple[str, str], dict[str, Any]],
     save_steps: int,
+    eras: list[float] = (),  # type: ignore[assignment]
 ) -> None:
     v = rep.violations
     lives = sorted(lives, key=lambda life: life.start_ts)
@@ -406,13 +432,15 @@ def _check_run(
 
     # -- grants: strictly increasing epochs, none twice (workers' events and the commander's)
     acquired = sorted((e for e in events if e.get("event") == "acquired"), key=lambda e: e["ts"])
-    _strictly_increasing(v, run_id, [(e["epoch"], e["worker_id"]) for e in acquired], "worker events")
+    for era in _by_era(acquired, eras):
+        _strictly_increasing(v, run_id, [(e["epoch"], e["worker_id"]) for e in era], "worker events")
     grant_of: dict[int, dict[str, Any]] = {}
     for e in acquired:
         grant_of.setdefault(int(e["epoch"]), e)
     if detail is not None:
         cmd_events = detail.get("events") or []
         cmd_acq = sorted((e for e in cmd_events if e.get("name") == "acquired"), key=lambda e: e["ts"])
+        cmd_acq = _by_era(cmd_acq, eras)[-1]  # the commander's timeline starts again with its state
         _strictly_increasing(
             v, run_id, [(e["epoch"], e.get("worker_id")) for e in cmd_acq], "commander events"
         )
@@ -460,7 +488,8 @@ def _check_run(
             for e in events
             if e.get("epoch") == epoch and e.get("worker_id") == worker_id and e.get("event") in END_EVENTS
         ]
-        end = _end_of(ends, workers.get(worker_id, {}))
+        worker = workers.get((worker_id, group[0].volume)) or workers.get((worker_id, None), {})
+        end = _end_of(ends, worker)
         rep.ends[end] += 1
         segments.append(
             Segment(run_id, epoch, worker_id, group[0].volume, group, grant["ts"] if grant else None, end)
@@ -525,6 +554,19 @@ def _check_run(
                     "durable (synced, or complete on its volume) when it was granted",
                 )
             )
+
+
+def _by_era(events: list[dict[str, Any]], eras: list[float]) -> list[list[dict[str, Any]]]:
+    """Grants split at each restart of the commander on a lost state (their epochs may start again)."""
+    out: list[list[dict[str, Any]]] = [[]]
+    bounds = iter(eras)
+    bound = next(bounds, None)
+    for e in events:
+        while bound is not None and float(e["ts"]) >= bound:
+            out.append([])
+            bound = next(bounds, None)
+        out[-1].append(e)
+    return out
 
 
 def _strictly_increasing(v: list[Violation], run_id: str, grants: list[tuple[int, Any]], where: str) -> None:
@@ -622,6 +664,13 @@ def _check_resume(
                     f"pid {life.pid} (epoch {life.epoch}) resumed at step {life.start_step}, a checkpoint no trainer had completed",
                 )
             )
+
+
+def _completed_before_state_loss(events: list[dict[str, Any]], eras: list[float]) -> bool:
+    """The run was released as completed, and then the commander lost its state (so it cannot know it):
+    its remote and its trainers still have to show it whole."""
+    done = [float(e["ts"]) for e in events if e.get("event") == "completed" and e.get("released")]
+    return bool(done) and any(min(done) < era for era in eras)
 
 
 def _completion(

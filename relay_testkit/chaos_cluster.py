@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay_testkit import chaos_faults
+from relay_testkit.chaos_faults import with_fd_limit
 from relay_testkit.commander_proc import CommanderProcess
 from relay_testkit.tcp_proxy import TcpProxy
 
@@ -239,6 +241,14 @@ class ChaosSettings:
     partition_weight: float = 0.0  # relative weight of "cut a worker's link to the commander"
     partition_s: tuple[float, float] = (0.5, 4.0)
     new_runs: bool = False  # soak: start a fresh run whenever one completes
+    # the commander-side faults of relay_testkit.chaos_faults (relative weights, like the two above)
+    duplicate_id_weight: float = 0.0  # start a second worker with a live holder's WORKER_ID
+    state_wipe_weight: float = 0.0  # kill -9 the commander and delete its state, or restore an old copy
+    slow_clients_weight: float = 0.0  # a burst of never-finishing connections against the commander
+    slow_clients: int = 300
+    slow_clients_s: tuple[float, float] = (3.0, 8.0)
+    commander_fd_limit: int | None = None  # the commander's open-file limit (a small machine)
+    commander_args: tuple[str, ...] = ()
     seed: int = 0
     secret: str = "chaos-secret"
 
@@ -341,11 +351,14 @@ class ChaosCluster:
         self.s = settings
         self.remote_dir = self.workdir / "remote"
         self.volumes = [self.workdir / f"vol-{i}" for i in range(settings.volumes)]
+        limit = settings.commander_fd_limit
         self.commander = CommanderProcess(
             self.workdir / "commander.db",
             secret=settings.secret,
             lease_ttl_s=settings.ttl_s,
             log_path=self.workdir / "commander.log",
+            extra_args=settings.commander_args,
+            wrap=(lambda argv: with_fd_limit(argv, limit)) if limit else None,
         )
         self.watcher = PidWatcher()
         self.workers: list[WorkerHandle] = []
@@ -439,24 +452,28 @@ class ChaosCluster:
         volume: Path | None = None,
         via_proxy: bool = False,
         extra_env: dict[str, str] | None = None,
+        worker_id: str | None = None,
     ) -> WorkerHandle:
-        """Start ``relayctl worker`` for ``run_id`` (None: pool mode) on a free volume."""
+        """Start ``relayctl worker`` for ``run_id`` (None: pool mode) on a free volume; ``worker_id`` reuses
+        an id (a duplicate: its logs are still its own, named by the process's sequence number)."""
         if volume is None:
             free = self.free_volumes()
             if not free:
                 raise RuntimeError("no free volume")
             volume = free[0]
         self._seq += 1
-        worker_id = f"w{self._seq:03d}"
+        handle_name = f"w{self._seq:03d}"
+        worker_id = worker_id or handle_name
         proxy = None
         url = self.commander.url
         if via_proxy:
             proxy = TcpProxy(self.commander.host, self.commander.port).start()
             url = proxy.url
         env = self.worker_env(worker_id, volume, run_id, url)
+        env["RELAY_MOCK_LOG"] = str(self.workdir / "mock" / f"{handle_name}.jsonl")
         env.update(extra_env or {})
         mock_log = Path(env["RELAY_MOCK_LOG"])
-        log_path = self.workdir / "logs" / f"{worker_id}.log"
+        log_path = self.workdir / "logs" / f"{handle_name}.log"
         handle: list[WorkerHandle] = []
         self.watcher.watch_log(mock_log, worker_id, lambda: not handle or handle[0].exit_code is None)
         with open(log_path, "ab") as log:
@@ -583,6 +600,8 @@ class ChaosDriver:
         self.partitions: list[tuple[WorkerHandle, float]] = []  # (worker, heal at)
         self.kills = 0
         self.adding_runs = self.s.new_runs
+        self.flood: chaos_faults.SlowFlood | None = None
+        self.backup: Path | None = None
 
     # -- helpers --------------------------------------------------------------------------------------
     def _open_runs(self) -> list[str]:
@@ -627,6 +646,9 @@ class ChaosDriver:
             "kill": 1.0,
             "commander_restart": self.s.commander_restart_weight,
             "partition": self.s.partition_weight,
+            "duplicate_id": self.s.duplicate_id_weight,
+            "state_wipe": self.s.state_wipe_weight,
+            "slow_clients": self.s.slow_clients_weight,
         }
         names = [k for k, v in weights.items() if v > 0]
         return self.rng.choices(names, weights=[weights[n] for n in names])[0]
@@ -693,6 +715,33 @@ class ChaosDriver:
                 self.c.note("heal", worker_id=w.worker_id)
                 self.partitions.remove((w, at))
 
+    def _commander_fault(self, action: str, now: float) -> None:
+        """One of relay_testkit.chaos_faults: a duplicate worker id, a lost state, a slow-client burst."""
+        if action == "duplicate_id":
+            holders = self._holders()
+            if holders:
+                chaos_faults.spawn_duplicate(
+                    self.c, self.rng.choice(sorted(holders, key=lambda h: h.worker_id))
+                )
+        elif action == "state_wipe":
+            if self.backup is None or self.rng.random() < 0.5:  # the next restore puts back an older copy
+                self.backup = chaos_faults.backup_state(self.c)
+                mode = "delete"
+            else:
+                mode = "restore"
+            outage = chaos_faults.wipe_state(self.c, mode, self.backup)
+            self.backup = None if mode == "restore" else self.backup
+            self.log(f"commander state {mode}d (outage {outage:.2f}s)")
+        elif action == "slow_clients" and self.flood is None:
+            seconds = self.rng.uniform(*self.s.slow_clients_s)
+            self.flood = chaos_faults.SlowFlood(self.c, self.s.slow_clients, seconds).start(now)
+
+    def _end_flood(self, force: bool = False) -> None:
+        if self.flood is not None and (force or time.monotonic() >= self.flood.until):
+            stats = self.flood.stop()
+            self.log(f"slow clients gone: {stats}")
+            self.flood = None
+
     # -- phases ---------------------------------------------------------------------------------------
     def run(self) -> ChaosArtifacts:
         s = self.s
@@ -708,6 +757,7 @@ class ChaosDriver:
                 self._refresh()
                 last_refresh = now
             self._heal_due()
+            self._end_flood()
             self._fire_pending()
             if self.pending is None and now >= next_action:
                 action = self._pick_action()
@@ -716,8 +766,10 @@ class ChaosDriver:
                 elif action == "commander_restart":
                     outage = self.c.restart_commander()
                     self.log(f"commander restarted (outage {outage:.2f}s)")
-                else:
+                elif action == "partition":
                     self._partition()
+                else:
+                    self._commander_fault(action, now)
                 next_action = now + self.rng.uniform(*s.action_every_s)
             self._fill(allow_pool=True)
             time.sleep(0.01)
@@ -725,6 +777,7 @@ class ChaosDriver:
             self.pending.deadline = 0.0
             self._fire_pending()
         self._heal_due(force=True)
+        self._end_flood(force=True)
         self.c.note("chaos_end", kills=self.kills)
         self.log(f"chaos phase over: {self.kills} kills; draining")
         drain_end = time.monotonic() + s.drain_timeout_s

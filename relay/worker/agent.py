@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from relay.backoff import Backoff
 from relay.config import ConfigError, WorkerConfig
 from relay.ids import InvalidIdError
-from relay.schema import ReleaseOutcome
+from relay.schema import CLOSED_STATUSES, ReleaseOutcome
+from relay.worker.held_lease import HeldLeases
 from relay.worker.lease import Lease
 from relay.worker.lifecycle import (
     EXIT_CODES,
@@ -100,11 +101,20 @@ class Agent:
             self.signals.uninstall()
 
     async def _run(self, client: CommanderClient) -> int:
+        held = HeldLeases(self.cfg.relay_root, self.cfg.worker_id)
+        try:
+            return await self._carry(client, held)
+        finally:
+            held.close()
+
+    async def _carry(self, client: CommanderClient, held: HeldLeases) -> int:
         assert self.signals is not None
         pool = self.cfg.run_id is None
         self.goto(S.ACQUIRING)
+        resume = held.find() if pool else None  # pool mode: the run this worker id held before a restart
         while True:
-            got = await self._acquire(client)
+            got = await self._acquire(client, held, resume)
+            resume = None
             if isinstance(got, int):
                 self.goto(S.DONE)
                 return got
@@ -121,11 +131,13 @@ class Agent:
                 if not pool:
                     return outcome
                 continue
+            held.keep(lease)  # so a restart of this worker process can show it and carry on at once
             self.signals.holding_run = True
             try:
                 outcome = await session.run()
             finally:
                 self.signals.holding_run = False
+                held.drop(lease.run_id)
             if outcome.exit_code == EXIT_FENCED or outcome.release is None:
                 self.goto(S.DONE)
                 return outcome.exit_code
@@ -137,15 +149,22 @@ class Agent:
             )
             self.goto(S.ACQUIRING)
 
-    async def _acquire(self, client: CommanderClient) -> tuple[AcquireGranted, float] | int:
-        """A grant (and the monotonic time its request was sent), or the exit code to end with."""
-        from relay.client import CommanderError
+    async def _acquire(
+        self, client: CommanderClient, held: HeldLeases, resume: str | None = None
+    ) -> tuple[AcquireGranted, float] | int:
+        """A grant (and the monotonic time its request was sent), or the exit code to end with.
+
+        The request shows the lease this worker id held on the run, when its volume has one
+        (``relay.worker.held_lease``); in pool mode ``resume`` names such a run, asked for first."""
+        from relay.client import CommanderError, CommanderUnreachable
         from relay.schema import AcquireRequest
 
         signals = self.signals
         assert signals is not None
         cfg = self.cfg
-        req = AcquireRequest(run_id=cfg.run_id, worker_id=cfg.worker_id, mode=cfg.mode)
+        run_id = cfg.run_id or resume
+        proof = held.claim(run_id) if run_id is not None else None
+        req = AcquireRequest(run_id=run_id, worker_id=cfg.worker_id, mode=cfg.mode, held_lease=proof)
         refusals = _Refusals(cfg, self.acquire_backoff)
         while True:
             if signals.stopping:
@@ -155,6 +174,14 @@ class Agent:
             try:
                 return await client.acquire(req), sent
             except CommanderError as exc:
+                if resume is not None and not isinstance(exc, CommanderUnreachable):
+                    log.info(
+                        "run %s is no longer this worker's (%s); asking for the next waiting run", resume, exc
+                    )
+                    held.drop(resume)
+                    resume = None
+                    req = AcquireRequest(worker_id=cfg.worker_id, mode=cfg.mode)
+                    continue
                 verdict = refusals.after(exc)
             if isinstance(verdict, int):
                 return verdict
@@ -172,6 +199,7 @@ class _Refusals:
         self.attempt = 0
         self.unreachable_since: float | None = None
         self.idle = _IdleNotes()
+        self.said_same_id = False
         self.what = f"run {cfg.run_id}" if cfg.run_id else f"the next waiting {cfg.mode} run"
 
     def after(self, exc: Exception) -> float | int:
@@ -199,9 +227,12 @@ class _Refusals:
         self.unreachable_since = None
         if isinstance(exc, LeaseHeld):
             hint = exc.retry_after_s
+            if exc.holder == cfg.worker_id and not self.said_same_id:  # a copied WORKER_ID, said once
+                self.said_same_id = True
+                log.warning("%s; waiting for that lease to end", exc)
             log.info("%s is held by %s; retrying", self.what, exc.holder)
-        elif isinstance(exc, RunClosed):
-            return _say(f"{exc}; nothing to do", EXIT_OK)
+        elif isinstance(exc, RunClosed):  # completed/cancelled: nothing to do; failed: it cannot be granted
+            return _say(f"{exc}; nothing to do", EXIT_OK if exc.status in CLOSED_STATUSES else EXIT_FAILED)
         elif isinstance(exc, NoWaitingRun):
             idle_s = self.idle.waiting()
             if cfg.idle_exit_s == 0 or (cfg.idle_exit_s > 0 and idle_s >= cfg.idle_exit_s):

@@ -195,3 +195,65 @@ def test_fencing_violations_count_only_the_fencing_kinds() -> None:
     assert {v.kind for v in report.violations} == {"overlap", "incomplete"}
     assert report.fencing_violations == 1
     assert "overlap" in FENCING_KINDS and "incomplete" not in FENCING_KINDS
+
+
+def test_two_processes_with_one_worker_id_are_told_apart_by_their_volumes() -> None:
+    """A copied WORKER_ID on another volume: its trainer starting while the first one lives is an overlap,
+    and each process's exit is judged by its own volume's events."""
+    h = history()
+    for rec in h["mock_records"]:
+        if rec["pid"] == 200:
+            rec.update(_worker_id="w1", _volume="/vol-b")
+    for ev in h["worker_events"]:
+        if ev["worker_id"] == "w2":
+            ev.update(worker_id="w1", _volume="/vol-b")
+    for ev in h["commander_runs"][RUN]["events"]:
+        ev["worker_id"] = "w1"
+    h["workers"] = [
+        {"worker_id": "w1", "volume": VOL, "exit_code": -9, "signals": [(3.0, "SIGKILL")], "log_path": "/x"},
+        {"worker_id": "w1", "volume": "/vol-b", "exit_code": 0, "signals": [], "log_path": "/x"},
+    ]
+    report = check(**h)
+    assert report.violations == [] and report.ends == {"killed": 1, "completed": 1}, report.summary()
+    h["deaths"][(100, 1.1)] = 7.2  # the first process's trainer outlived the second one's start
+    assert "overlap" in {v.kind for v in check(**h).violations}
+
+
+def _wiped_commander(h: dict[str, Any]) -> None:
+    """The commander's state was deleted at ts 5: its timeline starts again (w2's grant is its epoch 1)."""
+    h["actions"] = [
+        {"ts": 4.0, "action": "state_lost_kill", "mode": "delete"},
+        {"ts": 5.0, "action": "state_lost_up", "mode": "delete"},
+    ]
+    h["commander_runs"][RUN]["events"] = [
+        {"ts": 7.0, "epoch": 1, "name": "acquired", "worker_id": "w2"},
+        {"ts": 8.4, "epoch": 1, "name": "completed", "worker_id": "w2"},
+    ]
+
+
+def test_a_wiped_commander_starts_a_new_era_of_grants_but_trainers_still_go_forward() -> None:
+    h = _mutate(_wiped_commander)
+    report = check(**h)
+    assert report.violations == [] and report.faults == {"state_lost_up/delete": 1}, report.summary()
+    # a trainer that ran under an epoch already trained before the wipe: caught
+    for rec in h["mock_records"]:
+        if rec["pid"] == 200:
+            rec["epoch"] = 1
+    for ev in h["worker_events"]:
+        if ev["worker_id"] == "w2":
+            ev["epoch"] = 1
+    assert "duplicate_epoch" in {v.kind for v in check(**h).violations}
+
+
+def test_a_run_completed_before_the_state_was_lost_is_judged_by_its_remote_and_trainers() -> None:
+    h = history()
+    h["worker_events"][-1]["released"] = True
+    h["commander_runs"] = {}  # the commander's state was deleted after the run completed
+    assert "incomplete" in {v.kind for v in check(**h).violations}
+    h["actions"] = [
+        {"ts": 9.0, "action": "state_lost_kill", "mode": "delete"},
+        {"ts": 9.5, "action": "state_lost_up", "mode": "delete"},
+    ]
+    assert check(**h).violations == []
+    h["remote_states"][RUN]["step"] = MAX_STEPS - 5  # but its remote must still hold the last step
+    assert "incomplete" in {v.kind for v in check(**h).violations}
