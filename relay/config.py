@@ -148,7 +148,8 @@ class WorkerConfig(BaseModel):
         3.0,
         gt=0,
         description="When the trainer must die now (fenced, hung): seconds between SIGTERM and SIGKILL "
-        "of its process group.",
+        "of its process group. Must fit in the safety margin: renew_safety_margin_s >= kill_grace_s + 0.25 "
+        "(see the lease timing rule in the README).",
         json_schema_extra=_env("KILL_GRACE_S"),
     )
     hang_timeout_s: float | None = Field(
@@ -189,8 +190,10 @@ class WorkerConfig(BaseModel):
     renew_safety_margin_s: float = Field(
         5.0,
         gt=0,
-        description="Self-fence this long before the lease TTL would run out without a successful renewal "
-        "(capped at a third of the TTL), so the trainer is dead before anyone else may be granted the run.",
+        description="Self-fence this long before the lease TTL would run out without a successful renewal, "
+        "so the trainer is dead before anyone else may be granted the run. The lease timing rule: at least "
+        "kill_grace_s + 0.25 + 0.0005 x TTL (checked at start, exit 2, and against each grant's TTL), and the "
+        "TTL minus the margin must hold two renew intervals.",
         json_schema_extra=_env("RENEW_SAFETY_MARGIN_S"),
     )
     report_interval_s: float = Field(
@@ -295,6 +298,11 @@ class WorkerConfig(BaseModel):
             object.__setattr__(self, "restart_backoff_max_s", self.restart_backoff_s)
         if self.acquire_backoff_max_s < self.acquire_backoff_s:
             object.__setattr__(self, "acquire_backoff_max_s", self.acquire_backoff_s)
+        from relay.worker.timing import margin_problem
+
+        problem = margin_problem(self.renew_safety_margin_s, self.kill_grace_s)
+        if problem is not None:
+            raise ValueError(f"renew_safety_margin_s: {problem}")
         return self
 
     # --- helpers the worker uses -------------------------------------------------------------

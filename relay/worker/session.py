@@ -29,13 +29,14 @@ from relay.worker.events import EventLog
 from relay.worker.fence import Fence
 from relay.worker.handoff import Handoff
 from relay.worker.lease_keeper import LeaseKeeper
-from relay.worker.lifecycle import EXIT_FAILED, Lifecycle, Outcome, State
+from relay.worker.lifecycle import EXIT_CONFIG, EXIT_FAILED, Lifecycle, Outcome, State
 from relay.worker.progress import RunProgress
 from relay.worker.recovery import recover
 from relay.worker.reporter import Reporter
 from relay.worker.state_file import StateFile
 from relay.worker.supervisor import Supervisor
 from relay.worker.threads import in_thread
+from relay.worker.timing import lease_problem
 from relay.worker.trainer_log import TrainerLog
 
 if TYPE_CHECKING:
@@ -130,10 +131,14 @@ class RunSession:
         self._file_log = logging.FileHandler(ctx.layout.logs_dir / "worker.log")
         self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("relay").addHandler(self._file_log)
-        ctx.keeper.start()
-        ctx.reporter.start()
+        unsafe = lease_problem(
+            ctx.lease.ttl_s, ctx.lease.renew_interval_s, ctx.cfg.renew_safety_margin_s, ctx.cfg.kill_grace_s
+        )
+        if unsafe is None:
+            ctx.keeper.start()
+            ctx.reporter.start()
         try:
-            return await self._run()
+            return await self._run(unsafe)
         except Interrupted:
             if ctx.fence.tripped:
                 return await self.handoff.fenced()
@@ -141,7 +146,7 @@ class RunSession:
         finally:
             await self._cleanup()
 
-    async def _run(self) -> Outcome:
+    async def _run(self, unsafe: str | None) -> Outcome:
         ctx = self.ctx
         lease = ctx.lease
         ctx.goto(S.RECOVERING)
@@ -162,6 +167,10 @@ class RunSession:
             lease.ttl_s,
             lease.renew_interval_s,
         )
+        if unsafe is not None:  # the timing rule (relay.worker.timing): hand it back, train nothing
+            ctx.goto(S.RELEASING)
+            detail = f"this worker refuses the lease: {unsafe}"
+            return await self.handoff.release(ReleaseOutcome.preempted, EXIT_CONFIG, detail)
         try:
             resume = await ctx.guarded(self._recover())
         except Interrupted as exc:

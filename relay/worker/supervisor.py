@@ -168,8 +168,12 @@ class Supervisor:
             env=trainer_env(ctx.cfg, ctx.layout, epoch=ctx.lease.epoch, resume=resume),
             cwd=ctx.layout.run_dir,
             log_=ctx.tlog,
+            deadline=ctx.keeper.deadline,
+            kill_grace_s=ctx.cfg.kill_grace_s,
+            guard_log=ctx.layout.logs_dir / "guard.log",
         )
         self.trainer = trainer
+        ctx.keeper.watch_deadline(trainer.set_deadline)  # the guard kills it when the lease is unproven
         ctx.fence.set_hook("trainer", lambda: trainer.kill_now(ctx.cfg.kill_grace_s))
         resume_step = resume.step if resume is not None else None
         ctx.events.emit(
