@@ -148,8 +148,7 @@ class WorkerConfig(BaseModel):
         3.0,
         gt=0,
         description="When the trainer must die now (fenced, hung): seconds between SIGTERM and SIGKILL "
-        "of its process group. Must fit in the safety margin: renew_safety_margin_s >= kill_grace_s + 0.25 "
-        "(see the lease timing rule in the README).",
+        "of its process group. The safety margin must cover it (the lease timing rule in the README).",
         json_schema_extra=_env("KILL_GRACE_S"),
     )
     hang_timeout_s: float | None = Field(
@@ -300,8 +299,7 @@ class WorkerConfig(BaseModel):
             object.__setattr__(self, "acquire_backoff_max_s", self.acquire_backoff_s)
         from relay.worker.timing import margin_problem
 
-        problem = margin_problem(self.renew_safety_margin_s, self.kill_grace_s)
-        if problem is not None:
+        if problem := margin_problem(self.renew_safety_margin_s, self.kill_grace_s):
             raise ValueError(f"renew_safety_margin_s: {problem}")
         return self
 

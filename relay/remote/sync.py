@@ -291,7 +291,12 @@ class Syncer:
         if not self.remote_keep_last_n:
             return
         try:
-            self.remote.prune(self.remote_keep_last_n)
+            self.remote.prune(self.remote_keep_last_n, epoch=self.epoch)
+        except RemoteFencedError as exc:  # a newer lease claimed the remote meanwhile: we are fenced
+            with self._cond:
+                self._fenced = True
+                self._last_error = str(exc)
+            self._emit(SyncEvent("fenced", step, 1, error=str(exc), retryable=False, phase="prune"))
         except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the next sync tries again
             log.warning("remote prune failed: %s", exc)
             self._emit(SyncEvent("failed", step, 1, error=str(exc), retryable=True, phase="prune"))

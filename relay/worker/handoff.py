@@ -77,7 +77,12 @@ class Handoff:
         ctx.goto(S.RELEASING)
         step = ctx.progress.step
         if ending is Ending.COMPLETED:
-            return await self.release(R.completed, EXIT_OK, f"trainer finished at step {step}{note}")
+            unfinished = self._not_completed(step, latest_step, synced)
+            if unfinished is not None:  # "completed" promises a committed (and, with a remote, synced) end
+                # a trainer whose checkpoints can never be committed fails the same way on every pod
+                again = not (ctx.ckpts.last_commit_invalid and latest_step != step)
+                return await self.release(R.failed, EXIT_FAILED, unfinished, restartable=again)
+            return await self.release(R.completed, EXIT_OK, f"trainer finished at step {step}")
         if ending is Ending.CANCELLED:
             return await self.release(R.cancelled, EXIT_OK, f"cancelled at step {step}")
         if ending is Ending.RUNTIME:
@@ -87,6 +92,26 @@ class Handoff:
         return await self.release(
             R.preempted, EXIT_OK, f"{sig} at step {step}, checkpoint {latest_step}{note}"
         )
+
+    def _not_completed(self, step: int, latest_step: int | None, synced: bool) -> str | None:
+        """Why a trainer that exited 0 cannot be released as completed: its final checkpoint (the step
+        it last reported) is not committed, or not on the remote when there is one. None: it can."""
+        ckpts = self.ctx.ckpts
+        if latest_step is None or latest_step < step:
+            why = ckpts.last_commit_error or "the trainer left no complete checkpoint of it"
+            newest = f"step {latest_step}" if latest_step is not None else "none"
+            return (
+                f"the trainer finished at step {step} but its final checkpoint was not committed ({why}); "
+                f"newest committed checkpoint: {newest}"
+            )
+        if not synced and ckpts.syncer is not None and ckpts.remote is not None:
+            timeout = self.ctx.cfg.final_sync_timeout_s
+            last = ckpts.syncer.last_error() or f"not within final_sync_timeout_s ({timeout:g}s)"
+            return (
+                f"the trainer finished at step {step} and its final checkpoint is committed on this volume, but it "
+                f"is not on the remote {ckpts.remote.url} ({last})"
+            )
+        return None
 
     async def _wait_synced(self, step: int, timeout_s: float | None) -> bool:
         """Wait until the remote holds ``step`` (True), the syncer gave up, the fence tripped, or time is up."""
@@ -141,8 +166,35 @@ class Handoff:
             return await self.release(R.cancelled, EXIT_OK, "cancelled before training started")
         return await self.release(R.preempted, EXIT_OK, f"{ctx.signals.name} before training started")
 
+    async def recovery_failed(self, exc: Exception) -> Outcome:
+        """RECOVERING failed: the remote is ahead of this lease's epoch (release so that the commander
+        jumps past it), a transient problem another pod may not have (preempted), or a lasting one."""
+        from relay.remote.errors import RemoteAheadError
+
+        ctx = self.ctx
+        ctx.goto(S.RELEASING)
+        if isinstance(exc, RemoteAheadError):
+            ctx.events.emit("remote_ahead", message=str(exc), remote_epoch=exc.remote_epoch)
+            detail = (
+                f"not trained: {exc}; released so that the next grant jumps past epoch {exc.remote_epoch}"
+            )
+            done = await self.release(R.preempted, EXIT_OK, detail, remote_epoch=exc.remote_epoch)
+            done.remote_epoch = exc.remote_epoch
+            return done
+        detail = f"recovery failed: {type(exc).__name__}: {exc}"
+        log.error("%s", detail)
+        outcome = R.preempted if getattr(exc, "retryable", False) else R.failed
+        return await self.release(outcome, EXIT_FAILED, detail)
+
     async def release(
-        self, outcome: ReleaseOutcome, code: int, detail: str, *, restartable: bool = True, **fields: Any
+        self,
+        outcome: ReleaseOutcome,
+        code: int,
+        detail: str,
+        *,
+        restartable: bool = True,
+        remote_epoch: int | None = None,
+        **fields: Any,
     ) -> Outcome:
         """RELEASING: flush reports, stop renewing, hand the lease back with ``outcome``."""
         ctx = self.ctx
@@ -152,7 +204,11 @@ class Handoff:
         if ctx.fence.tripped:
             return await self.fenced()
         req = ctx.lease.release_request(
-            outcome.value, detail, restartable=restartable, **ctx.progress.release_fields()
+            outcome.value,
+            detail,
+            restartable=restartable,
+            remote_epoch=remote_epoch,
+            **ctx.progress.release_fields(),
         )
         started = time.monotonic()
         released, status = await self._send_release(req)
@@ -166,6 +222,7 @@ class Handoff:
             released=released,
             status=getattr(status, "value", status),
             release_s=round(time.monotonic() - started, 3),
+            remote_epoch=remote_epoch,
             **fields,
         )
         ctx.write_state(state=S.DONE.value, outcome=outcome.value)  # this run is over for this worker

@@ -138,3 +138,6 @@ class Outcome:
     exit_code: int
     detail: str
     step: int | None = None
+    #: the claim found the run's remote at this epoch (at or above the lease's): the release told the
+    #: commander, whose next grant must jump past it; the agent asks for the run again
+    remote_epoch: int | None = None

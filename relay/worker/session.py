@@ -29,9 +29,9 @@ from relay.worker.events import EventLog
 from relay.worker.fence import Fence
 from relay.worker.handoff import Handoff
 from relay.worker.lease_keeper import LeaseKeeper
-from relay.worker.lifecycle import EXIT_CONFIG, EXIT_FAILED, Lifecycle, Outcome, State
+from relay.worker.lifecycle import EXIT_CONFIG, Lifecycle, Outcome, State
 from relay.worker.progress import RunProgress
-from relay.worker.recovery import recover
+from relay.worker.recovery import claim_remote, recover
 from relay.worker.reporter import Reporter
 from relay.worker.state_file import StateFile
 from relay.worker.supervisor import Supervisor
@@ -178,19 +178,16 @@ class RunSession:
                 raise
             return await self.handoff.interrupted_before_training()
         except Exception as exc:
-            detail = f"recovery failed: {type(exc).__name__}: {exc}"
-            log.error("%s", detail)
-            ctx.goto(S.RELEASING)
-            # a transient remote problem: let another pod try
-            outcome = ReleaseOutcome.preempted if getattr(exc, "retryable", False) else ReleaseOutcome.failed
-            return await self.handoff.release(outcome, EXIT_FAILED, detail)
+            return await self.handoff.recovery_failed(exc)
         result = await self.supervisor.run(resume)
         return await self.handoff.finish(result)
 
     async def _recover(self) -> CommittedCheckpoint | None:
-        """RECOVERING: open the remote, then choose the checkpoint to resume from (relay.worker.recovery)."""
+        """RECOVERING: open the remote and claim it at this lease's epoch (no older epoch can publish
+        from then on), then choose the checkpoint to resume from (relay.worker.recovery)."""
         ctx = self.ctx
         cfg = ctx.cfg
+        claimed = None
         if cfg.remote:
             ctx.ckpts.open_remote(
                 cfg.remote,
@@ -199,7 +196,9 @@ class RunSession:
                 remote_keep_last_n=cfg.remote_keep_last_n,
                 loop=asyncio.get_running_loop(),
             )
-        return await recover(ctx.layout, ctx.ckpts, events=ctx.events)
+            assert ctx.ckpts.remote is not None
+            claimed = await claim_remote(ctx.ckpts.remote, ctx.lease, events=ctx.events)
+        return await recover(ctx.layout, ctx.ckpts, events=ctx.events, claimed=claimed)
 
     async def _cleanup(self) -> None:
         ctx = self.ctx
