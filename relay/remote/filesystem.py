@@ -63,7 +63,8 @@ TMP_DIR, TRASH_DIR, LOCK_NAME = "tmp", "trash", ".lock"
 #: how long a claim, a publish or a prune waits for the publish lock (which is held for milliseconds)
 LOCK_TIMEOUT_S = 30.0
 
-# Test seam, like relay.ckpt.commit.PHASE_HOOK: phases "copy_chunk", "before_publish", "before_state".
+# Test seam, like relay.ckpt.commit.PHASE_HOOK: phases "copy_chunk", "staged" (before the publish lock),
+# "before_publish" (under it), "before_state".
 PHASE_HOOK: Callable[[str], None] | None = None
 
 
@@ -229,6 +230,7 @@ class FilesystemRemote(Remote):
                         lock_timeout_s=self.lock_timeout_s,
                         on_chunk=lambda _n: _phase("copy_chunk"),
                     )
+                    _phase("staged")
                     with self._lock(relay, f"push of step {step} at epoch {epoch}"):
                         _phase("before_publish")
                         state, counter = self._read_state(relay)  # the compare of the compare-and-swap

@@ -9,14 +9,26 @@ that was already uploading when the claim landed (the "late upload") -- and stat
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from relay.ckpt import RunLayout
-from relay.remote import RemoteAheadError, RemoteCorruptError, RemoteFencedError, RemoteState
-from tests.ckpt.util import default_files, make_committed
+from relay.remote import (
+    FilesystemRemote,
+    RemoteAheadError,
+    RemoteCorruptError,
+    RemoteError,
+    RemoteFencedError,
+    RemoteState,
+)
+from relay_testkit.wait import wait_for
+from tests.ckpt.util import REPO_ROOT, default_files, make_committed
 from tests.remote.conftest import REPO, Backend
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -170,3 +182,42 @@ def test_state_documents_old_and_new_are_read_and_bad_ones_named() -> None:
         }
         with pytest.raises(RemoteCorruptError):
             RemoteState.from_json_bytes(json.dumps(doc).encode(), origin=why)
+
+
+STOPPED_IN_PUBLISH = """
+import os, signal, sys
+from pathlib import Path
+from relay.ckpt import read_committed
+from relay.remote import filesystem as F, open_remote
+def hook(phase):
+    if phase == "before_publish":  # holding the publish lock, its check of state.json done
+        Path(sys.argv[3]).touch()
+        os.kill(os.getpid(), signal.SIGSTOP)
+F.PHASE_HOOK = hook
+open_remote(sys.argv[1], "run1").push(read_committed(Path(sys.argv[2])), epoch=1)
+"""
+
+
+def test_a_stopped_holder_of_the_publish_lock_delays_the_claim_and_is_named(tmp_path: Path) -> None:
+    """A worker SIGSTOPped inside its publish keeps the file:// lock: the next holder's claim waits (a
+    bounded wait), then fails retryably naming the holder; once the holder resumes, its publish (decided
+    before any claim) lands first and the claim comes after it: never an older publish after a claim."""
+    url = f"file://{tmp_path / 'remote'}"
+    ckpt = make_committed(RunLayout(tmp_path / "old", "run1"), 5)
+    marker = tmp_path / "publishing"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_IN_PUBLISH, url, str(ckpt.path), str(marker)],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        wait_for(marker.exists, 30, "the old holder to stop inside its publish", proc=proc)
+        with pytest.raises(RemoteError) as info:
+            FilesystemRemote(tmp_path / "remote", "run1", lock_timeout_s=0.5).claim(2, lease_id="lease-2")
+        text = str(info.value)
+        assert info.value.retryable and f"pid {proc.pid} on " in text and "push of step 5 at epoch 1" in text
+        assert "stopped in the middle of a publish" in text
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(30) == 0
+    claimed = FilesystemRemote(tmp_path / "remote", "run1").claim(2, lease_id="lease-2")
+    assert (claimed.epoch, claimed.step, claimed.step_epoch) == (2, 5, 1)
