@@ -21,7 +21,7 @@ import re
 import secrets
 import socket
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,22 +36,26 @@ from pydantic import (
 )
 
 from relay.ids import id_problem
+from relay.redact import MASK, SECRET_KEYS
 from relay.urls import check_repo_id, parse_remote_url
 from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
-#: Keys whose values are never printed: not in logs, not in error messages ("(got ***)").
-SECRET_KEYS = ("hf_token", "relay_shared_secret")
-MASK = "***"
 
 
 class ConfigError(Exception):
-    """A configuration the worker refuses to start with; ``str()`` is one line naming the key."""
+    """A configuration the worker refuses to start with; ``str()`` is one line naming the key.
+
+    ``problems`` holds every problem found, one by one (``relayctl worker --check`` and the printers
+    show one line each).
+    """
 
     def __init__(self, key: str | None, message: str, source: str | None = None) -> None:
         self.key = key
         self.message = message
         self.source = source
+        #: every problem found, as (key, message, source): the first is ``key``/``message``'s own
+        self.problems: list[tuple[str | None, str, str | None]] = [(key, message, source)]
         where = f" ({source})" if source else ""
         head = f"{key}{where}: " if key else (f"{source}: " if source else "")
         super().__init__(f"config error: {head}{message}".replace("\n", " "))
@@ -287,12 +291,15 @@ class WorkerConfig(BaseModel):
         return v.expanduser().absolute() if v is not None else None
 
     @model_validator(mode="after")
-    def _resolve_hf_repo(self) -> WorkerConfig:
+    def _cross_field_rules(self) -> WorkerConfig:
         if self.hf_repo is not None:
             wanted = f"hf://{self.hf_repo}"
             if self.remote is not None and self.remote != wanted:
                 raise ValueError(f"hf_repo: conflicts with remote={self.remote!r}; set only one of them")
             object.__setattr__(self, "remote", wanted)
+        if self.remote is not None and self.remote.startswith("hf://") and not self.token():
+            # else the run trains, then loses every checkpoint it cannot push to the private repo
+            raise ValueError(f"hf_token: required for the remote {self.remote}: set HF_TOKEN (write access)")
         if self.restart_backoff_max_s < self.restart_backoff_s:
             object.__setattr__(self, "restart_backoff_max_s", self.restart_backoff_s)
         if self.acquire_backoff_max_s < self.acquire_backoff_s:
@@ -352,8 +359,14 @@ def _parse_mapping_env(var: str, raw: str) -> Any:
     return {} if value is None else value
 
 
+#: More rules on the merged settings (what a pod needs: relay.worker.check): (key, message) per problem.
+ExtraRule = Callable[[Mapping[str, Any]], list[tuple[str, str]]]
+
+
 def load_config(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    extra: ExtraRule | None = None,
 ) -> WorkerConfig:
     """Read the YAML file (if any), apply environment overrides, validate; raise ConfigError on any problem."""
     env = os.environ if env is None else env
@@ -372,8 +385,7 @@ def load_config(
             loaded = load_yaml(text)
         except YamlError as exc:
             raise ConfigError(None, str(exc), str(file)) from None
-        if loaded is None:
-            loaded = {}
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ConfigError(None, f"must be a YAML mapping of keys, got {type(loaded).__name__}", str(file))
         for key, value in loaded.items():
@@ -390,61 +402,55 @@ def load_config(
             continue
         data[name] = _parse_mapping_env(var, raw) if name == "train" else raw.strip()
         sources[name] = f"env {var}"
-    if "commander_url" not in data or data.get("commander_url") in (None, ""):
-        raise ConfigError("commander_url", "required: set commander_url in the config file or COMMANDER_URL")
-    return validate_config(data, sources)
+    if data.get("commander_url") in (None, ""):
+        data.pop("commander_url", None)  # reported as missing, with how to set it
+    return validate_config(data, sources, extra)
 
 
-def validate_config(data: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> WorkerConfig:
-    """Validate already-merged settings (``sources``: key -> where it came from), raising ConfigError."""
+def validate_config(
+    data: Mapping[str, Any], sources: Mapping[str, str] | None = None, extra: ExtraRule | None = None
+) -> WorkerConfig:
+    """Validate already-merged settings (``sources``: key -> where it came from), raising ConfigError
+    (one line with every problem, the model's and ``extra``'s; ``.problems`` has them one by one)."""
+    sources = sources or {}
+    problems = []
     try:
-        return WorkerConfig.model_validate(dict(data))
+        cfg = WorkerConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise _one_line(exc, sources or {}) from None
+        problems = [_problem(err, sources) for err in exc.errors(include_url=False)]
+    problems += [(key, msg, sources.get(key)) for key, msg in (extra(data) if extra else [])]
+    if problems:
+        raise _one_line(problems)
+    return cfg
 
 
-def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    msg = str(first.get("msg", "invalid value"))
+def _problem(err: Any, sources: Mapping[str, str]) -> tuple[str | None, str, str | None]:
+    """One validation error as (key, message, where the value came from)."""
+    loc = [str(p) for p in err.get("loc", ())]
+    msg = str(err.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     key = ".".join(loc) if loc else None
     if key is None and ": " in msg and msg.split(": ", 1)[0] in WorkerConfig.model_fields:
         key, msg = msg.split(": ", 1)
-    if first.get("type") == "extra_forbidden":
+    if err.get("type") == "extra_forbidden":
         msg = "unknown key (typo? see configs/run.yaml for the keys)"
-    elif first.get("type") == "missing":
-        msg = "required"
-    elif (
-        "input" in first
-        and first.get("type") not in ("value_error",)
-        and not isinstance(first["input"], dict)
-    ):
-        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(first["input"])
+    elif err.get("type") == "missing":
+        how = ": set commander_url in the config file or COMMANDER_URL" if key == "commander_url" else ""
+        msg = f"required{how}"
+    elif "input" in err and err.get("type") not in ("value_error",) and not isinstance(err["input"], dict):
+        shown = MASK if loc and loc[0] in SECRET_KEYS else repr(err["input"])
         msg = f"{msg} (got {shown})"
-    more = len(errors) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
     top = loc[0] if loc else (key or "")
-    return ConfigError(key, msg, sources.get(top))
+    return key, msg, sources.get(top)
 
 
-def env_reference() -> list[dict[str, str]]:
-    """One row per setting: env var, key, default, description (the generated reference's data)."""
-    rows = []
-    names = env_names()
-    for name, field in WorkerConfig.model_fields.items():
-        if field.is_required():
-            default = "(required)"
-        elif field.default_factory is not None:
-            default = "{}" if name == "train" else "(computed)"
-        elif field.default is None:
-            default = "(empty)"
-        else:
-            default = str(field.default)
-        rows.append(
-            {"env": names[name], "key": name, "default": default, "description": field.description or ""}
-        )
-    return rows
+def _one_line(problems: list[tuple[str | None, str, str | None]]) -> ConfigError:
+    """Every problem on one line: the first names the error's key, the others follow as 'key (source): ...'."""
+    key, msg, source = problems[0]
+    for other_key, other_msg, other_source in problems[1:]:
+        where = f" ({other_source})" if other_source else ""
+        msg += f"; {other_key or 'config'}{where}: {other_msg}"
+    error = ConfigError(key, msg, source)
+    error.problems = problems
+    return error

@@ -32,6 +32,7 @@ from relay.eventnames import LEASE_END_EVENTS as LEASE_END_EVENTS
 from relay.eventnames import REPORTED_EVENTS as REPORTED_EVENTS
 from relay.eventnames import WORKER_EVENTS as WORKER_EVENTS
 from relay.eventnames import EventName
+from relay.redact import MASK
 from relay.wiretypes import (
     Float,
     HeaderText,
@@ -170,9 +171,6 @@ class RunSpec(_Request):
         if self.callbacks is None or not self.callbacks.auth_header:
             return self
         return self.model_copy(update={"callbacks": self.callbacks.model_copy(update={"auth_header": MASK})})
-
-
-MASK = "***"
 
 
 class CallbackPayload(_Response):

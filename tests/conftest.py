@@ -27,12 +27,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture
 def make_commander(aiohttp_client: Any, tmp_path: Path) -> CommanderFactory:
     """``await make_commander(state=..., callbacks=..., secret=..., lease_ttl_s=..., sweep_interval_s=...)``:
-    the commander app (``relay.commander.app.create_app``) behind a real HTTP server on loopback."""
+    the commander app (``relay.commander.app.create_app``) behind a real HTTP server on loopback.
+    ``client_options`` go to the test client (``cookie_jar=DummyCookieJar()``: every cookie sent by hand)."""
 
     async def make(
-        *, state: Path | None = None, callbacks: CallbackSettings | None = None, **options: Any
+        *,
+        state: Path | None = None,
+        callbacks: CallbackSettings | None = None,
+        client_options: dict[str, Any] | None = None,
+        **options: Any,
     ) -> TestClient:
         app = create_app(state or tmp_path / "state.db", callback_settings=callbacks, **options)
-        return await aiohttp_client(app)
+        return await aiohttp_client(app, **(client_options or {}))
 
     return make

@@ -34,7 +34,11 @@ TrainerKind = Literal["sft", "rl", "mock"]
 
 
 class TrainConfigError(ValueError):
-    """A bad ``train:`` block; str() is one line that names the key."""
+    """A bad ``train:`` block; str() is one line naming every problem (``problems`` lists them)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
 
 
 # Keys that exist in TrainingArguments but that relay sets itself: refusing them with the reason beats
@@ -307,25 +311,28 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def _format_error(model: type[BaseModel], exc: ValidationError) -> str:
-    errors = exc.errors()
-    err = errors[0]
+def _problem(model: type[BaseModel], err: Any) -> str:
+    """One validation error as ``train.key: what is wrong``."""
     loc = tuple(err.get("loc", ()))
     where = "train" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     if err["type"] == "extra_forbidden":
         key = str(loc[-1])
         if len(loc) == 1 and key in MANAGED_KEYS:
-            return f"{where}: not configurable here: {MANAGED_KEYS[key]}{more}"
+            return f"{where}: not configurable here: {MANAGED_KEYS[key]}"
         close = difflib.get_close_matches(key, _known_keys(model, loc), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{where}: unknown key{hint}{more}"
+        return f"{where}: unknown key{hint}"
     if err["type"] == "missing":
-        return f"{where}: required{more}"
+        return f"{where}: required"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if not loc:
-        return f"train: {msg}{more}"
-    return f"{where}: {msg} (got {err.get('input')!r}){more}"
+        return f"train: {msg}"
+    return f"{where}: {msg} (got {err.get('input')!r})"
+
+
+def _format_error(model: type[BaseModel], exc: ValidationError) -> list[str]:
+    """Every problem of the block, one line each: a user fixes them all in one go, not one per run."""
+    return [_problem(model, err) for err in exc.errors()]
 
 
 def validate_train_block(block: Any, kind: TrainerKind) -> Any:
@@ -338,7 +345,8 @@ def validate_train_block(block: Any, kind: TrainerKind) -> Any:
     try:
         return model.model_validate(block)
     except ValidationError as exc:
-        raise TrainConfigError(_format_error(model, exc)) from None
+        problems = _format_error(model, exc)
+        raise TrainConfigError("; ".join(problems), problems) from None
 
 
 def load_train_config(path: Path | str | None, kind: TrainerKind) -> Any:

@@ -33,7 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from relay import __version__
-from relay.commander import metrics
+from relay.commander import metrics, ui
 from relay.commander.auth import SharedSecretAuth
 from relay.commander.callbacks import CallbackDispatcher
 from relay.commander.config import CallbackSettings
@@ -393,6 +393,7 @@ def create_app(
     app[API_KEY] = api
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)
+    ui.install(app, api)  # the dashboard at /ui/ (and / redirecting there)
     app.router.add_route("*", "/{tail:.*}", api.not_found)
     app.cleanup_ctx.append(api.sweeper)
     app.cleanup_ctx.append(callbacks.cleanup_ctx)

@@ -80,11 +80,17 @@ async def _logs(client: CommanderClient, args: argparse.Namespace) -> int:
             now = time.monotonic()
             if unreachable_since is None:
                 unreachable_since = now
-                print(f"relayctl logs: {exc}; waiting", file=sys.stderr)
+                print(
+                    f"relayctl logs: {exc}; retrying every {args.interval:g}s for up to {args.retry_s:g}s "
+                    "(--retry-s)",
+                    file=sys.stderr,
+                )
             elif now - unreachable_since > args.retry_s:
-                raise
+                raise CommanderUnreachable(f"{exc} (gave up after {args.retry_s:g}s)") from None
             await asyncio.sleep(args.interval)
             continue
+        if unreachable_since is not None:
+            print("relayctl logs: the commander answers again; following", file=sys.stderr)
         unreachable_since = None
         tail = None  # only the first page is a tail
         for line in page.lines:

@@ -11,7 +11,7 @@ from relay.ctl.common import add_commander_arguments, commander_url, run_command
 
 if TYPE_CHECKING:
     from relay.client import CommanderClient
-    from relay.schema import RunDetail, RunSummary
+    from relay.schema import HealthResponse, RunDetail, RunSummary
 
 COLUMNS = ("RUN", "STATUS", "EPOCH", "HOLDER", "STEP", "CHECKPOINT", "REMOTE", "RENEWED")
 
@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _status(client: CommanderClient, args: argparse.Namespace) -> int:
-    health = await client.health()
     url = commander_url(args)
+    health = await _health(client, url)
     if args.run_id:
         detail = await client.get_run(args.run_id)
         if args.json:
@@ -61,6 +61,19 @@ async def _status(client: CommanderClient, args: argparse.Namespace) -> int:
     if runs:
         print(format_table(runs))
     return 0
+
+
+async def _health(client: CommanderClient, url: str) -> HealthResponse:
+    """The commander's health, or one line saying that what answers at ``url`` is not a commander."""
+    from relay.client import CommanderError, NotFound
+
+    try:
+        return await client.health()
+    except NotFound:
+        raise CommanderError(
+            f"{url} is not a relay commander: GET /api/health answered 404 (check --commander-url or "
+            "COMMANDER_URL; `relayctl serve` prints the URL it listens on)"
+        ) from None
 
 
 def format_age(seconds: float | None) -> str:

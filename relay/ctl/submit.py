@@ -2,15 +2,16 @@
 
 The file holds a :class:`~relay.schema.RunSpec`: ``run_id`` (optional), ``mode``, ``train``,
 ``remote``, ``max_restarts``, ``priority``, ``max_duration_s``, ``callbacks``.  It is checked
-here first, with the same model the commander uses, so a typo is one line naming the key before
-anything is sent; submitting the same spec again is harmless (the commander answers with the
-existing run), a different spec under an existing run id is refused.
+here first, with the same model the commander uses, so every problem in the file is listed, one
+line each naming its key, before anything is sent (the dashboard's submit form checks a spec the same
+way); submitting the same spec again is harmless (the commander answers with the existing run), a
+different spec under an existing run id is refused.
 
 The ``train:`` block is checked here too (the commander cannot: which trainer runs it is decided on
 the pod).  It must be accepted by a trainer the worker may start for the spec's mode: the built-in
 one (``trainer_blackbox/train_config.py``, pydantic only, imported lazily) or the mock
 (``RELAY_TRAINER=mock`` on the pod; the submit side cannot see the pod's environment, so the union of
-the two is accepted: mock keys keep working, a key neither knows is refused with one line naming it).
+the two is accepted: mock keys keep working, a key neither knows is refused, named).
 A pod running your own trainer (``SLIME_SFT_CMD`` / ``SLIME_RL_CMD``) takes any keys: submit its
 spec with ``--no-validate``.
 """
@@ -35,7 +36,26 @@ EXIT_BAD_SPEC = 2
 
 
 class SpecFileError(Exception):
-    """The spec file cannot be read or is not a valid spec; str() is one line."""
+    """The spec file cannot be read or is not a valid spec.
+
+    ``problems`` lists every problem found, one line each; ``str()`` is the single problem, or a
+    header saying how many there are (the command prints them one per line)."""
+
+    def __init__(self, name: str, problems: list[str], *, train_block: bool = False) -> None:
+        self.name = name
+        self.problems = problems
+        self.train_block = train_block  # the train: block has problems (your own trainer: skip that check)
+        if len(problems) == 1:
+            message = f"{name}: {problems[0]}"
+        else:
+            message = f"{name}: {len(problems)} problems"
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        """What a person reads: the header, then one indented line per problem when there are several."""
+        if len(self.problems) == 1:
+            return [str(self)]
+        return [f"{self}:", *(f"  - {p}" for p in self.problems)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
             validate_train=not getattr(args, "no_validate", False),
         )
     except SpecFileError as exc:
-        print(f"relayctl submit: error: {exc}", file=sys.stderr)
+        first, *rest = exc.lines()
+        if exc.train_block and rest:
+            rest.append("(a trainer of your own, which takes any train: keys: --no-validate)")
+        elif exc.train_block:
+            first += " (a trainer of your own: --no-validate)"
+        print(f"relayctl submit: error: {first}", *rest, sep="\n", file=sys.stderr)
         return EXIT_BAD_SPEC
     args._spec = spec
     return run_command("submit", _submit, args)
@@ -69,44 +94,66 @@ def run(args: argparse.Namespace) -> int:
 def load_spec(
     path: str, *, run_id: str | None = None, priority: int | None = None, validate_train: bool = True
 ) -> RunSpec:
-    """Read and validate a spec file (and its train: block, see :func:`train_block_problem`, unless
-    ``validate_train`` is False); raises SpecFileError with one line naming the problem."""
-    from pydantic import ValidationError
-
-    from relay.schema import RunSpec
-    from relay.yamlio import YamlError, load_yaml
-
+    """Read and validate a spec file (see :func:`parse_spec`); ``-`` reads standard input."""
     name = "<stdin>" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecFileError(f"cannot read {name}: {reason}") from None
+        raise SpecFileError(f"cannot read {name}", [reason]) from None
+    return parse_spec(text, name, run_id=run_id, priority=priority, validate_train=validate_train)
+
+
+def parse_spec(
+    text: str,
+    name: str,
+    *,
+    run_id: str | None = None,
+    priority: int | None = None,
+    validate_train: bool = True,
+) -> RunSpec:
+    """Validate a spec's text (YAML or JSON) with the commander's model and, unless ``validate_train`` is
+    False, its train: block (:func:`train_block_problems`); raises SpecFileError listing every problem.
+
+    The dashboard's submit form calls this too, so a spec is judged the same way wherever it comes from."""
+    from pydantic import ValidationError
+
+    from relay.schema import RunSpec
+    from relay.yamlio import YamlError, load_yaml
+
     try:
         data = load_yaml(text)
     except YamlError as exc:
-        raise SpecFileError(f"{name}: {exc}") from None
+        raise SpecFileError(name, [str(exc)]) from None
     if not isinstance(data, dict):
-        raise SpecFileError(f"{name} must hold a mapping of spec keys (run_id, mode, train, ...)")
+        raise SpecFileError(name, ["must hold a mapping of spec keys (run_id, mode, train, ...)"])
     if run_id is not None:
         data["run_id"] = run_id
     if priority is not None:
         data["priority"] = priority
+    data = _jsonable(data)
+    problems: list[str] = []
+    spec = None
     try:
-        spec = RunSpec.model_validate(_jsonable(data))
+        spec = RunSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecFileError(f"{name}: {describe_errors(exc)}") from None
-    if validate_train:
-        problem = train_block_problem(spec.train, spec.mode)
-        if problem is not None:
-            raise SpecFileError(f"{name}: {problem} (a trainer of your own: --no-validate)")
+        problems += describe_errors(exc)
+    train, mode = data.get("train", {}), data.get("mode", "sft")
+    train_checked = not any(p.startswith("train") for p in problems)
+    own_trainer = False
+    if validate_train and train_checked and isinstance(train, dict) and mode in ("sft", "rl"):
+        found = train_block_problems(train, mode)
+        problems += found
+        own_trainer = bool(found)
+    if problems or spec is None:
+        raise SpecFileError(name, problems, train_block=own_trainer)
     return spec
 
 
-def train_block_problem(train: dict[str, Any], mode: str) -> str | None:
-    """None when the built-in trainer of ``mode`` or the mock trainer accepts ``train``; else one line
-    naming the key: first a key neither knows, then the problem the trainer whose keys the block uses
-    reports (the mock's when all its keys are mock keys, the built-in one's otherwise)."""
+def train_block_problems(train: dict[str, Any], mode: str) -> list[str]:
+    """Nothing when the built-in trainer of ``mode`` or the mock trainer accepts ``train``; else every
+    problem, one line each: keys neither knows, or else the problems of the trainer whose keys the block
+    uses (the mock's when all its keys are mock keys, the built-in one's otherwise)."""
     import difflib
 
     from trainer_blackbox.mock_trainer import MOCK_KEYS
@@ -115,30 +162,30 @@ def train_block_problem(train: dict[str, Any], mode: str) -> str | None:
     known = [*MODELS[mode].model_fields, *MOCK_KEYS]
     unknown = [str(k) for k in train if k not in known]
     if unknown:
-        key = unknown[0]
-        more = (
-            f" (and {len(unknown) - 1} more unknown key{'s' if len(unknown) > 2 else ''})"
-            if unknown[1:]
-            else ""
-        )
-        if key in MANAGED_KEYS:
-            return f"train.{key}: not configurable here: {MANAGED_KEYS[key]}{more}"
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"train.{key}: unknown key{hint}{more} (neither the built-in {mode} trainer nor the mock knows it)"
+        problems = []
+        for key in unknown:
+            if key in MANAGED_KEYS:
+                problems.append(f"train.{key}: not configurable here: {MANAGED_KEYS[key]}")
+                continue
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(
+                f"train.{key}: unknown key{hint} (neither the built-in {mode} trainer nor the mock knows it)"
+            )
+        return problems
     try:
         validate_train_block(train, mode)  # type: ignore[arg-type]
-        return None
+        return []
     except TrainConfigError as exc:
-        builtin = str(exc)
+        builtin = exc.problems
     try:
         validate_train_block(train, "mock")
-        return None
+        return []
     except TrainConfigError as exc:
-        mock = str(exc)
+        mock = exc.problems
     if train and set(train) <= set(MOCK_KEYS):
-        return f"{mock} (for the mock trainer)"
-    return f"{builtin} (for the built-in {mode} trainer)"
+        return [f"{p} (for the mock trainer)" for p in mock]
+    return [f"{p} (for the built-in {mode} trainer)" for p in builtin]
 
 
 def _jsonable(data: Any) -> Any:
@@ -146,21 +193,19 @@ def _jsonable(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """'key.sub: what is wrong (and N more problems)': never the offending value (it may be a secret)."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    first = errors[0]
-    key = ".".join(str(p) for p in first["loc"]) or "spec"
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (keys: run_id, mode, train, remote, max_restarts, priority, max_duration_s, callbacks)"
-    elif first["type"] == "missing":
-        message = "required"
-    else:
-        message = first["msg"]
-    more = len(errors) - 1
-    if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return f"{key}: {message}"
+def describe_errors(exc: ValidationError) -> list[str]:
+    """Every problem as 'key.sub: what is wrong': never the offending value (it may be a secret)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        key = ".".join(str(p) for p in error["loc"]) or "spec"
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (keys: run_id, mode, train, remote, max_restarts, priority, max_duration_s, callbacks)"
+        elif error["type"] == "missing":
+            message = "required"
+        else:
+            message = error["msg"]
+        problems.append(f"{key}: {message}")
+    return problems
 
 
 async def _submit(client: CommanderClient, args: argparse.Namespace) -> int:

@@ -2,12 +2,13 @@
 
 ``--stop-timeout`` matters: ``docker stop`` sends SIGTERM and, after 10 s by default, SIGKILL.
 The worker needs its grace period (GRACE_S, 60 s) to save, sync and hand the lease on, so the
-printed command gives it that plus a margin.
+printed command gives it that plus a margin. A ``file://`` remote is mounted at its own path.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import PurePosixPath
 
 from relay.deploy.workerenv import (
     DEFAULT_VOLUME_PATH,
@@ -20,6 +21,7 @@ from relay.deploy.workerenv import (
     shell_join,
     validate_name,
 )
+from relay.urls import parse_remote_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +66,28 @@ def render(args: argparse.Namespace, env: WorkerEnv) -> str:
         argv += ["--gpus", args.gpus]
     argv += ["--stop-timeout", str(stop_timeout)]
     argv += ["-v", f"{args.volume}:{DEFAULT_VOLUME_PATH}"]
+    argv += _remote_mount(env)
     argv += env_flags("-e", env, args.show_secrets)
     argv.append(args.image)
     return shell_join(argv)
+
+
+def _remote_mount(env: WorkerEnv) -> list[str]:
+    """A ``file://`` remote is a directory every host shares (a network mount): the container sees
+    it at the same path, or the worker could not reach it at all."""
+    remote = env.values.get("RELAY_REMOTE", "")
+    if not remote.startswith("file:"):
+        return []
+    path = parse_remote_url(remote).path
+    assert path is not None
+    if PurePosixPath(DEFAULT_VOLUME_PATH) in PurePosixPath(path).parents:
+        return []  # already on the pod's volume
+    if ":" in str(path) or "," in str(path):
+        raise DeployError(
+            f"--remote: a file:// remote mounted into docker cannot contain ':' or ',' ({path})"
+        )
+    env.notes.append(f"note: the file:// remote {path} is mounted at the same path: every host must have it")
+    return ["-v", f"{path}:{path}"]
 
 
 def run(args: argparse.Namespace) -> int:

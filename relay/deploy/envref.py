@@ -4,7 +4,7 @@
 ``python -m relay.deploy.envref --write README.md``  replace the block between the markers
 ``python -m relay.deploy.envref --check README.md``  exit 1 when that block is stale
 
-The rows come from :func:`relay.config.env_reference`: the fields, defaults and descriptions
+The rows come from :func:`env_reference`: the fields, defaults and descriptions
 of :class:`relay.config.WorkerConfig`, the same model that validates a pod's environment, so the
 document cannot describe a variable the worker does not read. A second block, between the
 ``commanderref`` markers, lists ``relayctl serve``'s settings from
@@ -52,10 +52,31 @@ def _code(text: str) -> str:
     return "`" + text.replace("|", "\\|") + "`"
 
 
+def env_reference() -> list[dict[str, str]]:
+    """One row per setting: env var, key, default, description (the generated reference's data)."""
+    from relay.config import WorkerConfig, env_names
+
+    rows = []
+    names = env_names()
+    for name, field in WorkerConfig.model_fields.items():
+        if field.is_required():
+            default = "(required)"
+        elif field.default_factory is not None:
+            default = "{}" if name == "train" else "(computed)"
+        elif field.default is None:
+            default = "(empty)"
+        else:
+            default = str(field.default)
+        rows.append(
+            {"env": names[name], "key": name, "default": default, "description": field.description or ""}
+        )
+    return rows
+
+
 def reference_markdown() -> str:
     """The reference itself, without markers: one row per WorkerConfig field, in model order."""
-    from relay.config import CONFIG_PATH_ENV, env_reference
-    from relay.deploy.workerenv import is_secret_name
+    from relay.config import CONFIG_PATH_ENV
+    from relay.redact import is_secret_name
 
     lines = [
         f"Config file: `--config PATH` or `{CONFIG_PATH_ENV}`. Every key can be set in the file and "

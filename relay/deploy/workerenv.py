@@ -22,11 +22,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from relay.ids import InvalidIdError, id_problem, validate_id
+from relay.redact import MASK, is_secret_name
 
-MASK = "***"
-SECRET_KEYS = frozenset({"HF_TOKEN", "RELAY_SHARED_SECRET"})
-# Extra --env variables that look like credentials are masked too (WANDB_API_KEY, AWS_SECRET_ACCESS_KEY...).
-_SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_RELAY_ROOT = "/mnt/relay"
 DEFAULT_VOLUME_PATH = "/mnt"
@@ -65,7 +62,17 @@ _LAST = ("RELAY_SHARED_SECRET", "HF_TOKEN")
 
 
 class DeployError(Exception):
-    """Bad input for a print-*-command; ``str()`` is one line a user can act on."""
+    """Bad input for a print-*-command: ``problems`` lists each one as a line a user can act on."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__(problems[0] if len(problems) == 1 else f"{len(problems)} problems")
+
+    def lines(self) -> list[str]:
+        """The problem, or a count followed by one indented line per problem."""
+        if len(self.problems) == 1:
+            return [self.problems[0]]
+        return [f"{len(self.problems)} problems:", *(f"  - {p}" for p in self.problems)]
 
 
 @dataclass
@@ -87,11 +94,6 @@ class WorkerEnv:
 
     def has_secrets(self) -> bool:
         return any(is_secret_name(k) and v for k, v in self.values.items())
-
-
-def is_secret_name(key: str) -> bool:
-    """Whether a variable's value must be masked in printed commands."""
-    return key in SECRET_KEYS or bool(_SECRET_NAME_RE.search(key.upper()))
 
 
 def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +131,10 @@ def add_worker_env_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> WorkerEnv:
-    """Flags, then ``environ``, then ``--config``; validated by WorkerConfig. Raises DeployError."""
-    from relay.config import ConfigError, env_names, load_config
+    """Flags, then ``environ``, then ``--config``; validated by WorkerConfig and held to what a pod
+    needs (:func:`relay.worker.check.pod_requirements`): the rules of the pod's own check, so a
+    printed command cannot start a pod that the image's entrypoint would refuse. Raises DeployError."""
+    from relay.config import env_names
 
     merged: dict[str, str] = {k: environ[k] for k in CALLER_ENV if k in environ}
     for dest, (var, _key) in _FLAG_ENV.items():
@@ -142,19 +146,20 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         merged.pop("RELAY_REMOTE", None)
     if args.remote is not None and args.hf_repo is None:
         merged.pop("HF_REPO", None)
+    problems: list[str] = []
     for dest, what in (("run_id", "--run-id"), ("worker_id", "--worker-id")):
         value = getattr(args, dest, None)
         if value is not None and value != "":
             try:
                 validate_id(value, what)
             except InvalidIdError as exc:
-                raise DeployError(str(exc)) from None
-    try:
-        cfg = load_config(args.config, env=merged)
-    except ConfigError as exc:
-        raise DeployError(_config_error_line(exc, args)) from None
-
+                problems.append(str(exc))
+                merged.pop(_FLAG_ENV[dest][0], None)  # named once: the config check goes on without it
+    cfg = _load(args, merged, problems)
     names = env_names()
+    if cfg is None:
+        raise DeployError(*problems, *_extra_env(args.extra_env, {}, names))
+
     data = cfg.model_dump(mode="json")
     values: dict[str, str] = {}
     for key in cfg.model_fields_set:
@@ -166,39 +171,10 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     values["MODE"] = cfg.mode  # the entrypoint wants it explicit, even when it is the default
     if args.worker_id is not None:
         values["WORKER_ID"] = cfg.worker_id
-    if cfg.hf_repo is not None:
-        values["HF_REPO"] = cfg.hf_repo
-    elif cfg.remote is not None:
-        values["RELAY_REMOTE"] = cfg.remote
-    else:
-        raise DeployError(
-            "no checkpoint remote: pass --hf-repo owner/name or --remote hf://owner/name|file:///path "
-            "(or set HF_REPO / RELAY_REMOTE); without one a new pod cannot resume the run"
-        )
-    secret = cfg.secret()
-    if not secret:
-        raise DeployError(
-            "no shared secret: pass --shared-secret or set RELAY_SHARED_SECRET (the commander's --shared-secret)"
-        )
-    values["RELAY_SHARED_SECRET"] = secret
-    token = cfg.token()
-    if cfg.remote is not None and cfg.remote.startswith("hf://"):
-        if not token:
-            raise DeployError(
-                f"no Hugging Face token for {cfg.remote}: pass --hf-token or set HF_TOKEN (write access)"
-            )
-    if token:
-        values["HF_TOKEN"] = token
-
-    for item in args.extra_env:
-        key, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME_RE.fullmatch(key):
-            shown = key if sep else "(no '=')"  # never echo a value: it may be a credential
-            raise DeployError(f"--env {shown}: expected KEY=VALUE with KEY a variable name")
-        if key in values or key in names.values():
-            flag = _KEY_FLAG.get(next((k for k, v in names.items() if v == key), ""), "--config")
-            raise DeployError(f"--env {key}=...: {key} is a worker setting, give it with {flag} instead")
-        values[key] = value
+    _remote_and_secrets(cfg, values)
+    problems += _extra_env(args.extra_env, values, names)
+    if problems:
+        raise DeployError(*problems)
 
     notes = []
     url_host = urlsplit(cfg.commander_url).hostname or ""
@@ -210,14 +186,74 @@ def resolve_worker_env(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return WorkerEnv(values=_ordered(values), notes=notes)
 
 
+def _remote_and_secrets(cfg: Any, values: dict[str, str]) -> None:
+    """Add the remote, the shared secret and the Hub token to ``values`` (the pod rules hold: a
+    remote and the secret are there, and a token when the remote is hf://)."""
+    if cfg.hf_repo is not None:
+        values["HF_REPO"] = cfg.hf_repo
+    else:
+        values["RELAY_REMOTE"] = cfg.remote
+    values["RELAY_SHARED_SECRET"] = cfg.secret()
+    if cfg.token():
+        values["HF_TOKEN"] = cfg.token()
+
+
+def _load(args: argparse.Namespace, merged: dict[str, str], problems: list[str]) -> Any:
+    """The worker's config from ``merged`` (and --config) under the pod rules, or None; every problem
+    goes to ``problems``."""
+    from relay.config import ConfigError, load_config
+    from relay.worker.check import pod_requirements
+
+    try:
+        return load_config(args.config, env=merged, extra=pod_requirements)
+    except ConfigError as exc:
+        problems += _config_error_lines(exc, args)
+        return None
+
+
+def _extra_env(items: list[str], values: dict[str, str], names: dict[str, str]) -> list[str]:
+    """Check and add the --env KEY=VALUE items; returns their problems."""
+    problems = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME_RE.fullmatch(key):
+            shown = key if sep else "(no '=')"  # never echo a value: it may be a credential
+            problems.append(f"--env {shown}: expected KEY=VALUE with KEY a variable name")
+        elif key in values or key in names.values():
+            flag = _KEY_FLAG.get(next((k for k, v in names.items() if v == key), ""), "--config")
+            problems.append(f"--env {key}=...: {key} is a worker setting, give it with {flag} instead")
+        else:
+            values[key] = value
+    return problems
+
+
+def _config_error_lines(exc: Any, args: argparse.Namespace) -> list[str]:
+    """One line per problem of the worker's ConfigError, each naming its flag when it came from one."""
+    from relay.config import ConfigError
+
+    return [_config_error_line(ConfigError(key, msg, source), args) for key, msg, source in exc.problems]
+
+
+# A setting the worker's rules require, said the printers' way: with the flags that give it.
+_MISSING = {
+    "commander_url": "no commander: pass --commander-url or set COMMANDER_URL (an address the pod can reach)",
+    "remote": "no checkpoint remote: pass --hf-repo owner/name or --remote hf://owner/name|file:///path "
+    "(or set HF_REPO / RELAY_REMOTE); without one a new pod cannot resume the run",
+    "relay_shared_secret": "no shared secret: pass --shared-secret or set RELAY_SHARED_SECRET "
+    "(the commander's --shared-secret)",
+    "hf_token": "no Hugging Face token for the hf:// remote: pass --hf-token or set HF_TOKEN (write access)",
+}
+
+
 def _config_error_line(exc: Any, args: argparse.Namespace) -> str:
-    """The worker's one-line ConfigError, naming the flag when the bad value came from one."""
+    """The worker's one-line ConfigError, naming the flag that gave the bad value or would give the
+    missing one."""
     key = exc.key or ""
     dest = next((d for d, (_, k) in _FLAG_ENV.items() if k == key), None)
     if dest is not None and getattr(args, dest, None) is not None:
         return f"{_KEY_FLAG[key]}: {exc.message}"
-    if key == "commander_url" and exc.message.startswith("required"):
-        return "no commander: pass --commander-url or set COMMANDER_URL (an address the pod can reach)"
+    if key in _MISSING and exc.message.startswith("required"):
+        return _MISSING[key]
     return str(exc)
 
 
@@ -303,7 +339,13 @@ def run_printer(
         env = resolve_worker_env(args, os.environ if environ is None else environ)
         text = render(args, env)
     except DeployError as exc:
-        print(f"relayctl {getattr(args, 'command', None) or 'print-command'}: error: {exc}", file=err)
+        first, *rest = exc.lines()
+        print(
+            f"relayctl {getattr(args, 'command', None) or 'print-command'}: error: {first}",
+            *rest,
+            sep="\n",
+            file=err,
+        )
         return 2
     out.write(text if text.endswith("\n") else text + "\n")
     for note in env.notes:

@@ -1,5 +1,8 @@
 """``relayctl worker [--config PATH]``: carry a run on this pod (also ``python -m relay.worker``).
 
+``--check`` only checks that this pod could (:mod:`relay.worker.check`), ``--env-reference`` prints
+the settings.
+
 Exit codes (see ``relay.worker.lifecycle.EXIT_CODES``):
 
 ==  ==========================================================================================
@@ -47,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env-reference", action="store_true", help="print the environment-variable reference and exit"
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, what a pod needs and the pod's volume, print every problem and exit "
+        "(2: a problem, 0: ready); acquires nothing (the image's entrypoint runs it first)",
+    )
     parser.epilog = (
         "exit codes: 0 done/preempted/cancelled/nothing to do, 2 config, 3 fenced, 4 failed, 5 commander"
     )
@@ -58,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
         sys.stdout.write(reference_markdown())
         return 0
+    if getattr(args, "check", False):
+        from relay.worker.check import run_check
+
+        return run_check(args.config)
     from relay.worker.agent import EXIT_CONFIG, EXIT_FENCED, EXIT_INTERNAL, Agent
 
     try:

@@ -117,8 +117,40 @@ def check_file_remote(cfg: WorkerConfig) -> None:
         ) from None
 
 
+CHECKS = (check_launcher, check_relay_root, check_file_remote)
+
+
 def preflight(cfg: WorkerConfig) -> None:
     """Every check, cheapest first; raises PreflightError (one line) at the first failure."""
-    check_launcher(cfg)
-    check_relay_root(cfg)
-    check_file_remote(cfg)
+    for check in CHECKS:
+        check(cfg)
+
+
+def preflight_problems(cfg: WorkerConfig) -> list[PreflightError]:
+    """Every check, each on its own: all the failures, for ``relayctl worker --check``."""
+    problems = []
+    for check in CHECKS:
+        try:
+            check(cfg)
+        except PreflightError as exc:
+            problems.append(exc)
+    return problems
+
+
+def volume_warning(cfg: WorkerConfig) -> str | None:
+    """A warning when relay_root lies on the same filesystem as ``/``: in a container, no volume is
+    mounted there, and every local checkpoint dies with the container (the remote keeps the synced ones).
+    """
+    here = cfg.relay_root
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    try:
+        same = here.stat().st_dev == Path("/").stat().st_dev
+    except OSError:
+        return None
+    if not same:
+        return None
+    return (
+        f"warning: relay_root {cfg.relay_root} is on the root filesystem (no volume mounted there?); "
+        "in a container its local checkpoints die with the container"
+    )

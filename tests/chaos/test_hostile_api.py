@@ -86,7 +86,8 @@ class Api:
 
 @pytest.fixture
 def api(commander_factory: Callable[..., CommanderProcess]) -> Iterator[Api]:
-    yield Api(commander_factory(secret=SECRET, lease_ttl_s=30.0))
+    # the keeper run is never renewed: its lease must outlive the whole fuzzing run, however slow the machine
+    yield Api(commander_factory(secret=SECRET, lease_ttl_s=3600.0))
 
 
 @pytest.fixture

@@ -20,6 +20,24 @@ def test_cuda_pytorch_base_and_training_extras() -> None:
     assert any('".[train,deepspeed]"' in run for run in _instructions("RUN"))
 
 
+def test_one_dockerfile_for_both_bases() -> None:
+    """The base's torch when it has one, else TORCH_SPEC (the torch this project pins everywhere)."""
+    assert _instructions("ARG")[1:] == ["TORCH_SPEC=torch==2.13.0", "WHEELS="]
+    (torch,) = [run for run in _instructions("RUN") if "$TORCH_SPEC" in run]
+    assert 'if ! python -c "import torch"' in torch and "constraints.txt" in torch
+    assert "--system-site-packages" in torch  # the CUDA base's torch stays visible in the venv
+
+
+def test_layers_are_ordered_for_the_cache() -> None:
+    """Dependencies from pyproject.toml alone; the code (and README, version) only in the last layers."""
+    assert _instructions("COPY") == ["pyproject.toml ./", ". ."]
+    runs = _instructions("RUN")
+    deps = next(i for i, run in enumerate(runs) if '".[train,deepspeed]"' in run)
+    assert runs[deps].startswith("--mount=type=cache,target=/root/.cache/pip")
+    assert "--no-deps" in runs[deps + 1] and "-e ." in runs[deps + 1]
+    assert _instructions("USER") == ["root"]
+
+
 def test_entrypoint_volume_and_roles() -> None:
     (entrypoint,) = _instructions("ENTRYPOINT")
     assert "/opt/relay-trainer/docker/entrypoint.sh" in entrypoint

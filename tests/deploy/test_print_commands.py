@@ -323,8 +323,8 @@ def test_docker_volume_and_relay_root_checks(capsys: pytest.CaptureFixture[str])
     assert env_pairs(shlex.split(out), "-e")["RELAY_ROOT"] == "/data/x"
 
 
-def test_printed_docker_env_passes_the_entrypoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """What the printer emits is what the entrypoint accepts: the two rule sets agree."""
+def test_printed_docker_env_passes_the_pod_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the printer emits is what the image's entrypoint accepts: `relayctl worker --check`."""
     rc, out, err = run(
         capsys,
         "print-docker-command",
@@ -339,19 +339,30 @@ def test_printed_docker_env_passes_the_entrypoint(tmp_path: Path, capsys: pytest
     )
     assert rc == 0, err
     env = env_pairs(shlex.split(out), "-e")
-    fake = tmp_path / "fake"
-    fake.write_text(f"#!{sys.executable}\nimport sys; print(' '.join(sys.argv[1:]))\n")
-    fake.chmod(0o755)
     proc = subprocess.run(
-        ["bash", str(REPO / "docker" / "entrypoint.sh")],
-        env={"PATH": os.environ["PATH"], **env, "RELAYCTL": str(fake)},
+        [str(Path(sys.executable).with_name("relayctl")), "worker", "--check"],
+        env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
         text=True,
-        timeout=20,
+        timeout=60,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "worker\n"
+    assert "check passed" in proc.stderr
+
+
+def test_a_file_remote_is_mounted_at_its_path(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["print-docker-command", "--image", "i", "--volume", "/data/pod", *BASE[:4], *BASE[6:8]]
+    rc, out, err = run(capsys, *common, "--remote", "file:///shared/relay remote")
+    assert rc == 0, err
+    argv = shlex.split(out)
+    mounts = [argv[i + 1] for i, a in enumerate(argv) if a == "-v"]
+    assert mounts == ["/data/pod:/mnt", "/shared/relay remote:/shared/relay remote"]
+    assert "every host must have it" in err
+    rc, out, err = run(capsys, *common, "--remote", "file:///mnt/remote")
+    assert rc == 0 and shlex.split(out).count("-v") == 1  # on the volume already
+    rc, out, err = run(capsys, *common, "--remote", "file:///a:b")
+    assert rc == 2 and "cannot contain ':'" in err
 
 
 def test_relayctl_lists_the_print_commands() -> None:

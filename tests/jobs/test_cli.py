@@ -96,7 +96,6 @@ def test_submit_a_yaml_spec_then_again_then_a_conflict(tmp_path, capsys):
             'callbacks:\n  webhook_url: http://x/y\n  auth_header: "a\\nhide-me"\n',
             "callbacks.auth_header: must be one line",
         ),
-        ("priority: high\nmode: nope\n", "(and 1 more problem)"),
         ("train:\n  learning_rte: 0.1\n", "train.learning_rte: unknown key (did you mean 'learning_rate'?)"),
         ("train:\n  model: m\n  dataset: d\n  lora: {r: 8, alpha: 16}\n", "train.lora.alpha: unknown key"),
         ("mode: rl\ntrain:\n  max_steps: 5\n  output_dir: /x\n", "train.output_dir: not configurable here"),
@@ -112,6 +111,33 @@ def test_bad_spec_files_are_one_line_without_sending_anything(tmp_path, capsys, 
     assert code == 2 and out == "" and len(err.splitlines()) == 1, err
     assert err.startswith(f"relayctl submit: error: {path}") and message in err, err
     assert "hide-me" not in err and "Traceback" not in err
+
+
+def test_every_problem_in_a_spec_file_is_listed_one_per_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run_id: ../x\npriority: high\nmode: nope\ncolour: red\n")
+    code, out, err = relayctl(capsys, "submit", str(path))
+    lines = err.splitlines()
+    assert code == 2 and out == "" and lines[0] == f"relayctl submit: error: {path}: 4 problems:", err
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "  - run_id",
+        "  - mode",
+        "  - priority",
+        "  - colour",
+    ]
+    path.write_text("train:\n  learning_rte: 1\n  save_stepz: 2\n")
+    code, out, err = relayctl(capsys, "submit", str(path))
+    lines = err.splitlines()
+    assert code == 2 and lines[0].endswith("2 problems:"), err
+    assert lines[1].startswith("  - train.learning_rte: unknown key (did you mean 'learning_rate'?)")
+    assert lines[2].startswith("  - train.save_stepz: unknown key (did you mean 'save_steps'?)")
+    assert lines[3] == "(a trainer of your own, which takes any train: keys: --no-validate)"
+    path.write_text(
+        "train:\n  model: m\n  max_steps: many\n  lora: {r: 0}\n"
+    )  # the built-in trainer's own checks
+    code, out, err = relayctl(capsys, "submit", str(path))
+    assert code == 2 and "3 problems" in err and "train.dataset: required" in err, err
+    assert "train.max_steps:" in err and "train.lora.r:" in err
 
 
 @pytest.mark.parametrize(
@@ -148,7 +174,11 @@ def test_the_example_job_spec_is_valid():
     from relay.ctl.submit import load_spec
 
     spec = load_spec(str(REPO_ROOT / "configs" / "job.yaml"))
-    assert spec.run_id == "sft-demo-001" and spec.callbacks is not None and spec.train["max_steps"] == 2000
+    assert spec.run_id == "sft-demo-001" and spec.train["max_steps"] == 2000
+    # the placeholder webhook is commented out: submitting the example must not queue callbacks that the
+    # commander would retry for hours against studio.example.com
+    assert spec.callbacks is None
+    assert "# callbacks:" in (REPO_ROOT / "configs" / "job.yaml").read_text()
 
 
 def test_missing_spec_file(tmp_path, capsys):

@@ -44,7 +44,7 @@ BAD = {
 @pytest.mark.parametrize("url", sorted(GOOD))
 def test_good_urls_parse_the_same_everywhere(url: str) -> None:
     assert parse_remote_url(url) == GOOD[url]
-    cfg = WorkerConfig(run_id="r", mode="sft", commander_url="http://h:1", remote=url)
+    cfg = WorkerConfig(run_id="r", mode="sft", commander_url="http://h:1", remote=url, hf_token="hf_x")
     assert cfg.remote == url.strip()
     assert TypeAdapter(RemoteUrl).validate_python(url) == url
     remote = open_remote(url, "run1")

@@ -12,10 +12,42 @@ from relay.deploy.envref import reference_markdown
 BASE = {"COMMANDER_URL": "http://127.0.0.1:9"}
 
 
-def test_repo_example_config_is_valid() -> None:
+def test_repo_example_config_is_valid_for_the_built_in_trainer() -> None:
+    from trainer_blackbox.train_config import validate_train_block
+
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "run.yaml", env={})
     assert cfg.mode in ("sft", "rl")
-    assert cfg.train
+    assert validate_train_block(cfg.train, cfg.mode).max_steps == 200  # what the pod's trainer checks first
+
+
+def test_a_mock_block_given_to_the_built_in_trainer_names_every_problem() -> None:
+    """The old example's block, run by the built-in trainer: all four problems, not 'and 3 more'."""
+    from trainer_blackbox.train_config import TrainConfigError, validate_train_block
+
+    block = {"max_steps": 200, "save_steps": 20, "step_seconds": 0.1, "checkpoint_bytes": 1048576}
+    with pytest.raises(TrainConfigError) as info:
+        validate_train_block(block, "sft")
+    message = str(info.value)
+    assert "\n" not in message and "more problem" not in message
+    for key in (
+        "train.model: required",
+        "train.dataset: required",
+        "train.step_seconds",
+        "train.checkpoint_bytes",
+    ):
+        assert key in message, message
+    assert len(info.value.problems) == 4
+
+
+def test_every_config_problem_is_named_at_once() -> None:
+    env = {**BASE, "MAX_RESTARTS": "many", "MODE": "pretrain", "GRACE_S": "-1"}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    message = str(info.value)
+    assert "\n" not in message and "more problem" not in message
+    assert [key for key, _, _ in info.value.problems] == ["mode", "grace_s", "max_restarts"]
+    for key in ("mode (env MODE)", "grace_s (env GRACE_S)", "max_restarts (env MAX_RESTARTS)"):
+        assert key in message, message
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:
@@ -53,6 +85,8 @@ def test_defaults_and_shorthands() -> None:
         ({**BASE, "RELAY_REMOTE": "s3://b"}, "remote", "hf://"),
         ({**BASE, "RELAY_REMOTE": "file://relative"}, "remote", "absolute"),
         ({**BASE, "HF_REPO": "a/b", "RELAY_REMOTE": "file:///x"}, "hf_repo", "conflicts"),
+        ({**BASE, "HF_REPO": "a/b"}, "hf_token", "required for the remote hf://a/b: set HF_TOKEN"),
+        ({**BASE, "RELAY_REMOTE": "hf://a/b", "HF_TOKEN": " "}, "hf_token", "required"),
         ({**BASE, "GRACE_S": "-1"}, "grace_s", "greater than 0"),
         ({**BASE, "TRAIN": "[1, 2]"}, "train", "dictionary"),
     ],
@@ -129,3 +163,23 @@ def test_yaml_problems_are_one_line_with_the_position(tmp_path: Path, text: str,
     with pytest.raises(ConfigError) as info:
         load_config(f, env={})
     assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_missing_commander_is_one_problem_among_the_others() -> None:
+    """Not a check before the others: the validator names it with how to set it, beside the rest."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"RUN_ID": "..", "MODE": "ppo"})
+    assert str(info.value).startswith("config error: commander_url: required: set commander_url in the")
+    assert [key for key, _, _ in info.value.problems] == ["commander_url", "run_id", "mode"]
+    assert info.value.problems[2][2] == "env MODE"
+
+
+def test_extra_rules_are_reported_with_the_models() -> None:
+    def needs_secret(data: object) -> list[tuple[str, str]]:
+        return [("relay_shared_secret", "required here")]
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**BASE, "MODE": "ppo"}, extra=needs_secret)
+    assert [key for key, _, _ in info.value.problems] == ["mode", "relay_shared_secret"]
+    with pytest.raises(ConfigError, match="relay_shared_secret: required here"):
+        load_config(None, env=BASE, extra=needs_secret)

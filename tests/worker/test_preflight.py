@@ -88,7 +88,7 @@ def test_an_unwritable_file_remote_is_one_line(tmp_path: Path, remote: str) -> N
 
 
 def test_hf_remotes_are_not_probed(tmp_path: Path) -> None:
-    preflight(cfg_for(tmp_path, RELAY_REMOTE="hf://owner/repo"))
+    preflight(cfg_for(tmp_path, RELAY_REMOTE="hf://owner/repo", HF_TOKEN="hf_x"))
 
 
 def test_probe_removes_only_what_it_created(tmp_path: Path) -> None:
