@@ -38,6 +38,7 @@ from pydantic import (
 from relay.ids import id_problem
 from relay.redact import MASK, SECRET_KEYS
 from relay.urls import check_repo_id, parse_remote_url
+from relay.worker.timing import margin_problem
 from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
@@ -152,7 +153,7 @@ class WorkerConfig(BaseModel):
         3.0,
         gt=0,
         description="When the trainer must die now (fenced, hung): seconds between SIGTERM and SIGKILL "
-        "of its process group. The safety margin must cover it (the lease timing rule in the README).",
+        "of its process group.",
         json_schema_extra=_env("KILL_GRACE_S"),
     )
     hang_timeout_s: float | None = Field(
@@ -193,10 +194,8 @@ class WorkerConfig(BaseModel):
     renew_safety_margin_s: float = Field(
         5.0,
         gt=0,
-        description="Self-fence this long before the lease TTL would run out without a successful renewal, "
-        "so the trainer is dead before anyone else may be granted the run. The lease timing rule: at least "
-        "kill_grace_s + 0.25 + 0.0005 x TTL (checked at start, exit 2, and against each grant's TTL), and the "
-        "TTL minus the margin must hold two renew intervals.",
+        description="Self-fence this long before the lease TTL would run out without a successful renewal, so "
+        "the trainer is dead before anyone else may be granted it: >= kill_grace_s + 0.25 + 0.0005 x TTL.",
         json_schema_extra=_env("RENEW_SAFETY_MARGIN_S"),
     )
     report_interval_s: float = Field(
@@ -265,10 +264,7 @@ class WorkerConfig(BaseModel):
     @field_validator("run_id", "worker_id")
     @classmethod
     def _check_id(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        problem = id_problem(v)
-        if problem:
+        if v is not None and (problem := id_problem(v)):
             raise ValueError(f"{problem} (got {v!r})")
         return v
 
@@ -304,8 +300,6 @@ class WorkerConfig(BaseModel):
             object.__setattr__(self, "restart_backoff_max_s", self.restart_backoff_s)
         if self.acquire_backoff_max_s < self.acquire_backoff_s:
             object.__setattr__(self, "acquire_backoff_max_s", self.acquire_backoff_s)
-        from relay.worker.timing import margin_problem
-
         if problem := margin_problem(self.renew_safety_margin_s, self.kill_grace_s):
             raise ValueError(f"renew_safety_margin_s: {problem}")
         return self
