@@ -37,6 +37,7 @@ from relay.worker.lifecycle import (
 )
 from relay.worker.session import RunSession
 from relay.worker.signals import StopSignals
+from relay.worker.volume import VolumeError
 
 if TYPE_CHECKING:
     from relay.client import CommanderClient
@@ -131,6 +132,13 @@ class Agent:
                 if not pool:
                     return outcome
                 continue
+            except (
+                VolumeError
+            ) as exc:  # this pod's volume failed since the preflight: the run is not at fault
+                self.goto(S.DONE)
+                return await _release_unusable(
+                    self.cfg, client, grant, str(exc), outcome=ReleaseOutcome.preempted
+                )
             self.signals.holding_run = True
             try:
                 outcome = await session.run()
@@ -266,14 +274,20 @@ class _IdleNotes:
 
 
 async def _release_unusable(
-    cfg: WorkerConfig, client: CommanderClient, grant: AcquireGranted, why: str, *, restartable: bool = True
+    cfg: WorkerConfig,
+    client: CommanderClient,
+    grant: AcquireGranted,
+    why: str,
+    *,
+    restartable: bool = True,
+    outcome: ReleaseOutcome = ReleaseOutcome.failed,
 ) -> int:
-    """A grant we cannot act on (its spec is invalid, its epoch below the remote's): hand it back as
-    failed, say why."""
+    """A grant we cannot act on (its spec is invalid, its epoch below the remote's, this pod's volume
+    failed): hand it back with ``outcome``, say why."""
     print(f"relay worker: run {grant.run_id}: {why}", file=sys.stderr)
     lease = Lease.from_grant(grant, worker_id=cfg.worker_id, sent_at=time.monotonic())
     with contextlib.suppress(Exception):
-        await client.release(lease.release_request(ReleaseOutcome.failed.value, why, restartable=restartable))
+        await client.release(lease.release_request(outcome.value, why, restartable=restartable))
     return EXIT_CONFIG if restartable else EXIT_FAILED
 
 

@@ -56,6 +56,8 @@ class Handoff:
             return await self.release(R.failed, EXIT_FAILED, result.detail)
         if ending is Ending.GAVE_UP:
             return await self._give_up(result)
+        if ending is Ending.VOLUME:
+            return await self._volume_failed(result)
         return await self._finalize(ending)
 
     async def _finalize(self, ending: Ending) -> Outcome:
@@ -156,6 +158,20 @@ class Handoff:
             exit_code=report.exit_code,
             oom=report.oom,
             log_tail=tail,
+        )
+
+    async def _volume_failed(self, result: SupervisorResult) -> Outcome:
+        """The trainer crashed on a volume that is full or read-only: no restart here, another pod may."""
+        assert result.report is not None
+        tail = self.ctx.tlog.tail(FAILURE_TAIL_LINES)
+        shown = "\n".join(tail)[-2000:] if tail else "(the trainer printed nothing)"
+        detail = (
+            f"{result.detail}: this pod cannot carry the run, so its trainer ({result.report.reason}) was not "
+            f"restarted; released for another pod. Its last output:\n{shown}"
+        )
+        self.ctx.goto(S.RELEASING)
+        return await self.release(
+            R.failed, EXIT_FAILED, detail, exit_code=result.report.exit_code, log_tail=tail
         )
 
     async def interrupted_before_training(self) -> Outcome:

@@ -38,6 +38,7 @@ from relay.worker.supervisor import Supervisor
 from relay.worker.threads import in_thread
 from relay.worker.timing import lease_problem
 from relay.worker.trainer_log import TrainerLog
+from relay.worker.volume import QuietFileHandler, volume_error
 
 if TYPE_CHECKING:
     from relay.ckpt.manifest import CommittedCheckpoint
@@ -84,10 +85,15 @@ class RunSession:
 
         cfg = effective_config(cfg, lease.spec)
         layout = RunLayout(cfg.relay_root, lease.run_id)
-        layout.ensure()
+        try:  # a volume that filled up or went read-only since the preflight: named, not a traceback
+            layout.ensure()
+            events = EventLog(layout.events_file, lease)
+            tlog = TrainerLog(layout.logs_dir, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
+        except OSError as exc:
+            raise volume_error(
+                cfg.relay_root, exc, f"creating the run's directory {layout.run_dir}"
+            ) from None
         fence = Fence(asyncio.get_running_loop())
-        events = EventLog(layout.events_file, lease)
-        tlog = TrainerLog(layout.logs_dir, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
         progress = RunProgress()
         self.ctx = ctx = RunContext(
             cfg=cfg,
@@ -128,9 +134,10 @@ class RunSession:
 
     async def run(self) -> Outcome:
         ctx = self.ctx
-        self._file_log = logging.FileHandler(ctx.layout.logs_dir / "worker.log")
-        self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("relay").addHandler(self._file_log)
+        self._file_log = QuietFileHandler.open(ctx.layout.logs_dir / "worker.log")
+        if self._file_log is not None:
+            self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("relay").addHandler(self._file_log)
         unsafe = lease_problem(
             ctx.lease.ttl_s, ctx.lease.renew_interval_s, ctx.cfg.renew_safety_margin_s, ctx.cfg.kill_grace_s
         )
