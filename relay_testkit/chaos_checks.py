@@ -33,7 +33,7 @@ The invariants, each with a name used in :class:`Violation`:
 - ``alive_after_grant``: a trainer of epoch e was still alive when the commander granted a later epoch
   (no two trainers of one run alive under different epochs after the later grant).
 - ``stale_publish``: the remote published a checkpoint from an epoch older than one that had already
-  claimed it (seen in the remote's own state.json history, :class:`relay_testkit.chaos_faults.RemoteWatcher`,
+  claimed it (seen in the remote's own state.json history, :class:`relay_testkit.chaos_worker_faults.RemoteWatcher`,
   or in the workers' events: a ``checkpoint_synced`` at a revision after a newer ``remote_claimed``);
   ``remote_epoch_regressed``: the remote's fencing epoch went down.
 - ``poisoned_run_open`` / ``commit_fail_run_open``: a run whose remote was poisoned did not end ``failed``
@@ -65,7 +65,7 @@ FENCING_KINDS = frozenset(
         "remote_epoch_regressed",
     }
 )
-#: the remote epoch the chaos driver poisons a run's storage with (relay_testkit.chaos_faults)
+#: the remote epoch the chaos driver poisons a run's storage with (relay_testkit.chaos_worker_faults)
 POISON_EPOCH = 2**62
 #: How a lease ends in a worker's events.jsonl, and what workers report: the one classification of
 #: ``relay.schema`` (the checker reads the same names the worker writes and the commander records).

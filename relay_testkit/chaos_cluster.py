@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay_testkit.chaos_faults import (
+from relay_testkit.chaos_worker_faults import (
     POISON_EPOCH,
     OutputPump,
     RemoteWatcher,

@@ -132,9 +132,7 @@ class Agent:
                 if not pool:
                     return outcome
                 continue
-            except (
-                VolumeError
-            ) as exc:  # this pod's volume failed since the preflight: the run is not at fault
+            except VolumeError as exc:  # the pod's volume failed since the preflight: not the run's fault
                 self.goto(S.DONE)
                 return await _release_unusable(
                     self.cfg, client, grant, str(exc), outcome=ReleaseOutcome.preempted

@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.remote import open_remote
 from relay_testkit.wait import wait_for
 from relay_testkit.workerproc import REPO_ROOT, WorkerProc
@@ -113,3 +115,34 @@ def test_a_poisoned_remote_epoch_ends_the_run_with_its_reason_instead_of_a_loop(
     assert detail["status"] == "failed" and str(poisoned) in detail["detail"], detail["detail"]
     assert "remote_ahead" in {e["name"] for e in detail["events"]}
     assert json.loads((relay_dir / "state.json").read_text())["epoch"] == poisoned  # never written
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the commander side of issue 13 (branch fencecmd): grants jump past ReleaseRequest.remote_epoch; "
+    "passes once it is merged (then drop this marker)",
+)
+def test_a_remote_ahead_of_a_commander_that_lost_its_state_is_jumped_past(
+    tmp_path: Path, commander_factory: Any
+) -> None:
+    """The remote already holds epoch 5 (a commander restarted on an empty state grants 1): the worker
+    reports it with the release, the commander's next grant jumps past it, and the run trains there."""
+    relay_dir = tmp_path / "remote" / "lost" / "relay"
+    relay_dir.mkdir(parents=True)
+    doc = {"format_version": 2, "run_id": "lost", "epoch": 5, "step": None, "manifest_sha256": None}
+    (relay_dir / "state.json").write_text(json.dumps(doc))
+    cmd = commander_factory(lease_ttl_s=TTL)
+    w = WorkerProc(
+        tmp_path / "pod",
+        commander_url=cmd.url,
+        run_id="lost",
+        worker_id="pod",
+        remote=f"file://{tmp_path / 'remote'}",
+        train={"max_steps": 20, "save_steps": 5, "step_seconds": 0.02},
+    ).start()
+    assert w.wait(90) == 0, w.output()
+    grants = [e["epoch"] for e in w.events() if e["event"] == "acquired"]
+    assert grants[0] == 1 and grants[-1] == 6, grants
+    assert run_detail(cmd, "lost")["status"] == "completed"
+    state = open_remote(f"file://{tmp_path / 'remote'}", "lost").state()
+    assert state is not None and (state.epoch, state.step) == (6, 20)
