@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("relay.ctl.cancel", "ask the commander to cancel a run"),
     "submit": ("relay.ctl.submit", "submit a run spec (YAML) to the commander"),
     "logs": ("relay.ctl.logs", "print a run's log timeline, optionally following it"),
+    "pull": ("relay.ctl.pull", "download a run's final model or a checkpoint from its remote, verified"),
     "demo": ("relay.demo", "the relay demo: train, preempt, resume on another 'pod', finish"),
     "print-lium-command": ("relay.deploy.lium", "print a `lium up` command for a worker pod"),
     "print-runpod-command": ("relay.deploy.runpod", "print a `runpodctl create pod` command and REST body"),

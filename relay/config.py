@@ -246,6 +246,23 @@ class WorkerConfig(BaseModel):
         description="Directory holding launch_<mode>.sh. Default: the installed trainer_blackbox package.",
         json_schema_extra=_env("RELAY_TRAINER_DIR"),
     )
+    trainer_cmd: str | None = Field(
+        None,
+        description="The trainer as one shell command, in any Python environment (SLIME_SFT_CMD / SLIME_RL_CMD "
+        "are per-mode aliases); transformers Trainers in it are instrumented. A run spec's trainer_cmd wins.",
+        json_schema_extra=_env("RELAY_TRAINER_CMD"),
+    )
+    instrument: bool = Field(
+        True,
+        description="Instrument transformers Trainers (off: 0).",
+        json_schema_extra=_env("RELAY_INSTRUMENT"),
+    )
+    liveness: Literal["auto", "progress", "any"] = Field(
+        "auto",
+        description="What shows a trainer alive: progress lines; auto: also its output and new checkpoints "
+        "until its first progress line; any: always.",
+        json_schema_extra=_env("LIVENESS"),
+    )
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="Free-form block handed to the trainer as JSON (RELAY_TRAIN_CONFIG). In the environment: "

@@ -21,8 +21,8 @@ class EventName(str, Enum):
     """Every event a worker or the commander records in a run's timeline: the one list of names.
 
     Workers report their progress (remote_claimed, resumed, trainer_started, checkpoint_committed,
-    checkpoint_commit_failed, checkpoint_synced, sync_failed, hang_detected, trainer_restarted) and
-    remote_ahead (the run's storage is at or above the granted epoch).  The lease events
+    checkpoint_commit_failed, checkpoint_synced, sync_failed, hang_detected, trainer_restarted,
+    final_published) and remote_ahead (the run's storage is at or above the granted epoch).  The lease events
     (acquired, preempted, completed, failed, cancelled, fenced) are recorded by both sides, each
     from what it saw; lease_expired, cancel_requested and submitted by the commander alone.
     """
@@ -45,6 +45,7 @@ class EventName(str, Enum):
     sync_failed = "sync_failed"
     hang_detected = "hang_detected"
     trainer_restarted = "trainer_restarted"
+    final_published = "final_published"  # the trainer's final export is on the remote (relay.ckpt.final)
     # the commander's alone
     lease_expired = "lease_expired"
     cancel_requested = "cancel_requested"
@@ -66,6 +67,7 @@ REPORTED_EVENTS = frozenset(
         _E.sync_failed,
         _E.hang_detected,
         _E.trainer_restarted,
+        _E.final_published,
     }
 )
 #: How a lease ends in a worker's own log: a release outcome, or ``fenced`` (it lost the lease).

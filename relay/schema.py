@@ -165,6 +165,9 @@ class RunSpec(_Request):
         default=None, description="running time the run may use across all its leases"
     )
     callbacks: CallbackSpec | None = None
+    trainer_cmd: Annotated[str, Field(min_length=1, max_length=8192)] | None = Field(
+        default=None, description="the trainer as one shell command run on the pod (RELAY_TRAINER_CMD)"
+    )
 
     def masked(self) -> RunSpec:
         """This spec as the API shows it: the callback auth header replaced by ``***``."""

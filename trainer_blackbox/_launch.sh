@@ -3,8 +3,10 @@
 #
 #   _launch.sh <sft|rl> [extra args passed to the trainer]
 #
-# Order: $SLIME_SFT_CMD / $SLIME_RL_CMD (run with `bash -c`), else RELAY_TRAINER=mock (the mock trainer),
-# else the built-in trainer of the mode, through torchrun when more than one GPU is visible.
+# Order: $RELAY_TRAINER_CMD, else its mode aliases $SLIME_SFT_CMD / $SLIME_RL_CMD (run with `bash -c`, with
+# trainer_blackbox/inject first on PYTHONPATH so any transformers Trainer in it is instrumented, unless
+# RELAY_INSTRUMENT=0), else RELAY_TRAINER=mock (the mock trainer), else the built-in trainer of the mode,
+# through torchrun when more than one GPU is visible.
 # Every branch ends in `exec`, so the process the worker started *is* the trainer (same pid) and its
 # signals (SIGTERM: save now and exit 0) reach the trainer directly.
 set -euo pipefail
@@ -21,8 +23,8 @@ root="$(dirname "$here")"
 py="${RELAY_PYTHON:-python3}"
 
 case "$mode" in
-  sft) custom="${SLIME_SFT_CMD:-}" ;;
-  rl) custom="${SLIME_RL_CMD:-}" ;;
+  sft) alias_var=SLIME_SFT_CMD ;;
+  rl) alias_var=SLIME_RL_CMD ;;
   *)
     echo "relay launcher: unknown mode '$mode' (expected sft or rl)" >&2
     exit 2
@@ -32,9 +34,23 @@ esac
 export RELAY_MODE="${RELAY_MODE:-$mode}"
 # Make sure the contract variables reach the trainer even if the caller only set them in this shell.
 export RELAY_RUN_ID RELAY_EPOCH RELAY_OUTPUT_DIR RELAY_RESUME_FROM RELAY_PROGRESS_FILE RELAY_TRAIN_CONFIG
+export RELAY_FINAL_DIR="${RELAY_FINAL_DIR:-}"
 
+custom="${RELAY_TRAINER_CMD:-}"
+from=RELAY_TRAINER_CMD
+if [[ -z "$custom" ]]; then
+  custom="${!alias_var:-}"
+  from="$alias_var"
+fi
 if [[ -n "$custom" ]]; then
-  echo "relay launcher: mode=$mode running custom command from SLIME_${mode^^}_CMD" >&2
+  case "${RELAY_INSTRUMENT:-1}" in
+    0 | off | false | no) how="not instrumented (RELAY_INSTRUMENT=${RELAY_INSTRUMENT})" ;;
+    *)
+      export PYTHONPATH="$here/inject${PYTHONPATH:+:$PYTHONPATH}"
+      how="transformers Trainers instrumented"
+      ;;
+  esac
+  echo "relay launcher: mode=$mode running the command from $from ($how)" >&2
   exec bash -c "$custom" "relay-$mode" "$@"
 fi
 

@@ -13,11 +13,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+import relay_inject
+from relay_inject.checkpoint import PARTIAL_DIRNAME
+from relay_inject.env import EnvError, RelayEnv
+from relay_inject.stop import exit_process
 
 from trainer_blackbox.data import DatasetError
-from trainer_blackbox.env import EnvError, RelayEnv
 from trainer_blackbox.train_config import ModelKeys, TrainConfigError, TrainingKeys
+
+__all__ = ["exit_process"]  # re-exported: the built-in trainers end through it
 
 EXIT_USER_ERROR = 2
 
@@ -37,25 +43,15 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     return code
 
 
-def exit_process(code: int) -> NoReturn:
-    """End the trainer process with ``code`` without running the interpreter's teardown.
+def activate_relay(prog: str) -> relay_inject.Runtime:
+    """The relay instrumentation (relay_inject), the same code third-party trainers get injected: the
+    SIGTERM handler now, and every transformers Trainer built afterwards follows the contract (staged
+    checkpoints + COMPLETE, resume from RELAY_RESUME_FROM, save-and-exit-0 on SIGTERM, progress lines)."""
+    return relay_inject.activate(prog)
 
-    After a clean finish, native threads that torch.distributed and DeepSpeed leave behind (seen on CPU:
-    a single-rank DeepSpeed run, even after ``destroy_process_group``) can make C++ static destructors
-    abort the process: SIGABRT, "terminate called without an active exception".  The worker can only
-    read that as a crash and would restart a finished run.  Everything that matters is on disk by now
-    (checkpoints are fsynced and marked COMPLETE, the progress file is closed), so flush the streams
-    and logging, then leave with ``os._exit``.
-    """
-    import logging
 
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said anyway
-            pass
-    os._exit(code)
+def is_world_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _destroy_process_group() -> None:
@@ -189,8 +185,11 @@ def lora_config(cfg: ModelKeys) -> Any | None:
     return LoraConfig(task_type="CAUSAL_LM", **cfg.lora.model_dump(exclude_none=True))
 
 
-def relay_training_arguments(cfg: TrainingKeys, env: RelayEnv, partial_dir: Path) -> dict[str, Any]:
-    """The user's TrainingArguments keys plus the ones relay owns (see train_config.MANAGED_KEYS)."""
+def relay_training_arguments(cfg: TrainingKeys, env: RelayEnv) -> dict[str, Any]:
+    """The user's TrainingArguments keys plus the ones relay owns (see train_config.MANAGED_KEYS).
+
+    ``output_dir`` is where the end-of-training export goes (RELAY_FINAL_DIR); checkpoints are redirected
+    to the staging directory by the instrumentation whatever it says."""
     kwargs = cfg.training_arguments()
     kwargs.update(resolve_precision(cfg))
     kwargs.setdefault("report_to", "none")
@@ -200,7 +199,7 @@ def relay_training_arguments(cfg: TrainingKeys, env: RelayEnv, partial_dir: Path
         kwargs.setdefault("dataloader_pin_memory", False)
         kwargs.setdefault("use_cpu", True)  # also what makes accelerate run DDP over gloo under torchrun
     kwargs.update(
-        output_dir=str(partial_dir),
+        output_dir=str(env.final_dir or env.output_dir / PARTIAL_DIRNAME),  # no final dir: no export
         save_strategy="steps",
         save_total_limit=None,
         logging_strategy="steps",

@@ -3,8 +3,8 @@
 Run by ``launch_rl.sh`` (``python -m trainer_blackbox.rl``; one process per GPU under torchrun).  The data
 is JSONL with a ``prompt`` (a string, or chat messages) and the reference ``answer`` for the exact-match
 reward; rewards and their weights come from ``train.rewards``.  TRL's GRPOTrainer is a transformers
-Trainer, so the same RelayCallback gives it the relay contract (progress lines with ``reward`` and
-``kl``, save-and-exit-0 on SIGTERM, COMPLETE after every rank saved), and its checkpoints carry the RNG
+Trainer, so the relay's instrumentation (relay_inject) gives it the contract (progress lines with
+``reward`` and ``kl``, save-and-exit-0 on SIGTERM, COMPLETE after every rank saved), and its checkpoints carry the RNG
 states that sampling draws from: a run stopped and resumed samples the same completions as one that
 was never stopped.  Contract: trainer_blackbox/README.md.
 """
@@ -15,14 +15,15 @@ import time
 from typing import Any
 
 from trainer_blackbox.data import load_rl_rows
-from trainer_blackbox.env import RelayEnv
 from trainer_blackbox.hf_runtime import (
+    activate_relay,
     build_args,
     check_deepspeed,
     check_model_ref,
     check_resume_dir,
     configure_runtime,
     exit_process,
+    is_world_zero,
     load_model,
     load_tokenizer,
     lora_config,
@@ -31,9 +32,7 @@ from trainer_blackbox.hf_runtime import (
     seed_everything,
     world_size,
 )
-from trainer_blackbox.progress import ProgressWriter
 from trainer_blackbox.rewards import build_rewards
-from trainer_blackbox.stop import StopSignal
 from trainer_blackbox.train_config import RLTrainConfig, TrainConfigError, load_train_config
 
 PROG = "relay-rl"
@@ -61,10 +60,8 @@ def to_prompt(row: dict[str, Any], chat: bool) -> Any:
 
 def train() -> int:
     t_start = time.time()
-    stop = StopSignal(PROG)
-    stop.install()
+    env = activate_relay(PROG).env  # SIGTERM handler; every Trainer built from here on is instrumented
     # 1. Environment, config, data: no torch yet.
-    env = RelayEnv.from_environ()
     cfg: RLTrainConfig = load_train_config(env.train_config, "rl")
     check_model_ref(cfg)
     check_resume_dir(env)
@@ -73,8 +70,6 @@ def train() -> int:
     answer_fields = {r.answer_field for r in cfg.rewards if r.type == "exact_match"}
     rows, data_path = load_rl_rows(cfg.dataset, answer_fields=answer_fields)
     reward_funcs, reward_weights = build_rewards(cfg.rewards)
-
-    from trainer_blackbox.relay_callback import RelayCallback, is_world_zero, prepare_partial_dir
 
     configure_runtime()
 
@@ -96,8 +91,7 @@ def train() -> int:
         records.append(rec)
     dataset = Dataset.from_list(records)
 
-    partial = prepare_partial_dir(env.output_dir)
-    targs = relay_training_arguments(cfg, env, partial)
+    targs = relay_training_arguments(cfg, env)
     targs.setdefault("activation_checkpointing", True)  # TRL's GRPO default, under its transformers 5 name
     args = build_args(
         GRPOConfig,
@@ -111,15 +105,12 @@ def train() -> int:
     # 3. Model, trainer, train.
     seed_everything(cfg)
     model = load_model(cfg)
-    progress = ProgressWriter(env.progress_file, env.epoch)
-    callback = RelayCallback(output_dir=env.output_dir, progress=progress, stop=stop, prog=PROG)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[callback],
         peft_config=lora_config(cfg),
     )
     if is_world_zero():
@@ -129,11 +120,12 @@ def train() -> int:
             f"start{resume} (setup {time.time() - t_start:.1f}s)",
             flush=True,
         )
-    trainer.train(resume_from_checkpoint=str(env.resume_from) if env.resume_from else None)
-    progress.close()
+    # Resume (RELAY_RESUME_FROM) and SIGTERM (save this step, exit 0) are the instrumentation's.
+    trainer.train()
+    if env.final_dir is not None:  # the run's deliverable: weights or adapters, tokenizer, config
+        trainer.save_model()
     if is_world_zero():
-        reason = "SIGTERM" if stop.requested else "done"
-        print(f"{PROG}: exit 0 at step {trainer.state.global_step} ({reason})", flush=True)
+        print(f"{PROG}: exit 0 at step {trainer.state.global_step} (done)", flush=True)
     return 0
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import time
 
 from trainer_blackbox.data import load_sft_rows, tokenize_sft
-from trainer_blackbox.env import RelayEnv
 from trainer_blackbox.hf_runtime import (
+    activate_relay,
     build_args,
     check_deepspeed,
     check_model_ref,
     check_resume_dir,
     configure_runtime,
     exit_process,
+    is_world_zero,
     load_model,
     load_tokenizer,
     lora_config,
@@ -27,8 +28,6 @@ from trainer_blackbox.hf_runtime import (
     run_main,
     seed_everything,
 )
-from trainer_blackbox.progress import ProgressWriter
-from trainer_blackbox.stop import StopSignal
 from trainer_blackbox.train_config import SFTTrainConfig, load_train_config
 
 PROG = "relay-sft"
@@ -36,18 +35,13 @@ PROG = "relay-sft"
 
 def train() -> int:
     t_start = time.time()
-    stop = StopSignal(PROG)
-    stop.install()
+    env = activate_relay(PROG).env  # SIGTERM handler; every Trainer built from here on is instrumented
     # 1. Everything that can be wrong in the environment, the config or the data: no torch yet.
-    env = RelayEnv.from_environ()
     cfg: SFTTrainConfig = load_train_config(env.train_config, "sft")
     check_model_ref(cfg)
     check_resume_dir(env)
     deepspeed = check_deepspeed(cfg)
     rows, kind, data_path = load_sft_rows(cfg.dataset)
-
-    from trainer_blackbox.relay_callback import RelayCallback, is_world_zero, prepare_partial_dir
-
     configure_runtime()
 
     # 2. Tokenizer and tokenized data: still no model.
@@ -62,10 +56,9 @@ def train() -> int:
 
     from trainer_blackbox.data import PadCollator
 
-    partial = prepare_partial_dir(env.output_dir)
     args = build_args(
         TrainingArguments,
-        **relay_training_arguments(cfg, env, partial),
+        **relay_training_arguments(cfg, env),
         deepspeed=deepspeed,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
@@ -79,15 +72,12 @@ def train() -> int:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_cfg)
-    progress = ProgressWriter(env.progress_file, env.epoch)
-    callback = RelayCallback(output_dir=env.output_dir, progress=progress, stop=stop, prog=PROG)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=examples,
         data_collator=PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[callback],
     )
     if is_world_zero():
         resume = f" from {env.resume_from}" if env.resume_from else ""
@@ -96,11 +86,12 @@ def train() -> int:
             f"(setup {time.time() - t_start:.1f}s)",
             flush=True,
         )
-    trainer.train(resume_from_checkpoint=str(env.resume_from) if env.resume_from else None)
-    progress.close()
-    reason = "SIGTERM" if stop.requested else "done"
+    # Resume (RELAY_RESUME_FROM) and SIGTERM (save this step, exit 0) are the instrumentation's.
+    trainer.train()
+    if env.final_dir is not None:  # the run's deliverable: weights or adapters, tokenizer, config
+        trainer.save_model()
     if is_world_zero():
-        print(f"{PROG}: exit 0 at step {trainer.state.global_step} ({reason})", flush=True)
+        print(f"{PROG}: exit 0 at step {trainer.state.global_step} (done)", flush=True)
     return 0
 
 

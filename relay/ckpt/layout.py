@@ -47,6 +47,11 @@ class RunLayout:
         return self.ckpt_dir / "_staging"
 
     @property
+    def final_dir(self) -> Path:
+        """The trainer's RELAY_FINAL_DIR: its end-of-training export (relay.ckpt.final), emptied at each launch."""
+        return self.run_dir / "final"
+
+    @property
     def incoming_dir(self) -> Path:
         """Pulled checkpoints land here and are verified before they are renamed into ``ckpt/``."""
         return self.ckpt_dir / "_incoming"

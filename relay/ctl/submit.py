@@ -12,8 +12,8 @@ the pod).  It must be accepted by a trainer the worker may start for the spec's 
 one (``trainer_blackbox/train_config.py``, pydantic only, imported lazily) or the mock
 (``RELAY_TRAINER=mock`` on the pod; the submit side cannot see the pod's environment, so the union of
 the two is accepted: mock keys keep working, a key neither knows is refused, named).
-A pod running your own trainer (``SLIME_SFT_CMD`` / ``SLIME_RL_CMD``) takes any keys: submit its
-spec with ``--no-validate``.
+A spec with its own ``trainer_cmd`` takes any keys; so does a pod running a trainer of its own
+(``RELAY_TRAINER_CMD``, ``SLIME_SFT_CMD`` / ``SLIME_RL_CMD``): submit such a spec with ``--no-validate``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def parse_spec(
     train, mode = data.get("train", {}), data.get("mode", "sft")
     train_checked = not any(p.startswith("train") for p in problems)
     own_trainer = False
-    if validate_train and train_checked and isinstance(train, dict) and mode in ("sft", "rl"):
+    own_cmd = isinstance(data.get("trainer_cmd"), str)  # a trainer_cmd of its own reads any keys
+    if validate_train and train_checked and not own_cmd and isinstance(train, dict) and mode in ("sft", "rl"):
         found = train_block_problems(train, mode)
         problems += found
         own_trainer = bool(found)

@@ -27,13 +27,14 @@ class OptionsError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of the run (default 40)")
-    parser.add_argument("--save-steps", type=int, default=10, help="checkpoint every N steps (default 10)")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps of the run (default 200)")
+    parser.add_argument("--save-steps", type=int, default=20, help="checkpoint every N steps (default 20)")
     parser.add_argument(
         "--preempt-at",
         type=int,
         default=None,
-        help="step at which pod-a is preempted (default: save-steps + half of it); "
+        help="pod-a is preempted once a checkpoint is synced and its progress reaches this step "
+        "(default: save-steps + half of it); "
         "must lie after the first checkpoint and before the last step",
     )
     parser.add_argument(
@@ -71,8 +72,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         raise OptionsError(f"--steps must be at least 4 (got {steps})")
     if not 1 <= save <= steps - 2:
         raise OptionsError(f"--save-steps must be between 1 and --steps - 2 = {steps - 2} (got {save})")
-    # pod-a's trainer holds at preempt_at (before that step's periodic save), so it must lie strictly
-    # after the first checkpoint, which has to be synced before the demo preempts
+    # the demo preempts pod-a once its first checkpoint is synced and its progress reaches preempt_at, so
+    # that step must lie strictly after the first checkpoint and before the end of the run
     preempt = args.preempt_at if args.preempt_at is not None else min(save + max(1, save // 2), steps - 1)
     if not save < preempt < steps:
         raise OptionsError(

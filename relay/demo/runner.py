@@ -13,10 +13,10 @@
 5. The closing checks (:mod:`relay.demo.verdict`) compare what the pods' volumes, the commander and the
    remote say; any gap is a non-zero exit with the reason.
 
-Preemption timing: the tiny model trains a step in ~10 ms, faster than any worker can commit and upload,
-so pod A's trainer is asked (``RELAY_TEST_PAUSE_AT_STEP``, the trainer's own hook for deterministic
-SIGTERM delivery) to hold at step ``preempt_at`` until the SIGTERM arrives.  Nothing else differs from a
-real preemption: the signal, the save, the commit, the sync and the release are the production paths.
+Preemption timing: the demo sends the SIGTERM the moment pod A has synced a checkpoint and its progress
+shows step ``preempt_at`` or later, while the trainer runs on at full speed: a real preemption at a real
+moment.  Whatever step the trainer is on when the signal lands is saved, committed, synced and resumed
+by pod B (the closing checks count the steps lost: 0).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from relay.demo.verdict import RelayFacts, check_relay, summary_lines
 RUN_ID = "demo-sft"
 POD_A = "pod-a"
 POD_B = "pod-b"
-PAUSE_ENV = "RELAY_TEST_PAUSE_AT_STEP"  # trainer_blackbox.relay_callback.PAUSE_ENV (not imported: it pulls in transformers)
 TICK_S = 0.1
 COMMANDER_POLL_S = 0.5
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
@@ -56,14 +55,14 @@ EXIT_INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class DemoOptions:
-    steps: int = 40
-    save_steps: int = 10
-    preempt_at: int = 15
+    steps: int = 200
+    save_steps: int = 20
+    preempt_at: int = 30
     workdir: Path | None = None
     keep: bool = False
     timeout_s: float = 170.0
     lease_ttl_s: float = 30.0  # only a crash would wait for it; long enough for a loaded 2-core box
-    loss_every: int = 5
+    loss_every: int = 25
     deepspeed: Path | None = None  # a DeepSpeed JSON config for both pods' trainers
 
 
@@ -211,7 +210,7 @@ class Demo:
             "random shared secret)",
         )
 
-    def _start_worker(self, name: str, train: dict[str, Any], *, pause_at: int | None = None) -> Child:
+    def _start_worker(self, name: str, train: dict[str, Any]) -> Child:
         assert self.workdir is not None
         root = self.workdir / name
         env = self._base_env()
@@ -234,8 +233,6 @@ class Demo:
             STARTUP_TIMEOUT_S="120",
             MAX_RESTARTS="0",  # a crashing trainer fails the demo at once, with its log
         )
-        if pause_at is not None:
-            env[PAUSE_ENV] = str(pause_at)
         child = Child(
             name,
             [sys.executable, "-m", "relay.cli", "worker"],
@@ -342,7 +339,7 @@ class Demo:
         async with CommanderClient(self.url, self.secret) as client:
             self.client = client
             await client.health()
-            pod_a = self._start_worker(POD_A, train, pause_at=opts.preempt_at)
+            pod_a = self._start_worker(POD_A, train)
             a = self.watchers[POD_A].facts
 
             def a_ready() -> bool:

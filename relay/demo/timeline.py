@@ -219,6 +219,11 @@ class PodWatcher:
             took = ev.get("upload_s")
             how = f" in {took:.2f}s" if isinstance(took, (int, float)) else ""
             return f"checkpoint step {step} synced to the remote at epoch {epoch}{how}"
+        if name == "final_published":
+            return (
+                f"final export of step {step} published to the remote ({ev.get('files')} files, "
+                f"{_mb(ev.get('bytes'))}): the run's deliverable, loadable with from_pretrained(subfolder=...)"
+            )
         if name == "sync_failed":
             f.sync_failures.append(str(ev.get("message")))
             return f"sync of step {step} failed: {ev.get('message')}"
@@ -233,6 +238,8 @@ class PodWatcher:
 
     def _on_progress(self, rec: dict[str, Any]) -> str | None:
         step = rec.get("step")
+        if rec.get("heartbeat") is True:  # alive, not a trained step (relay_inject.heartbeat)
+            return None
         if not isinstance(step, int) or isinstance(step, bool):
             return None
         loss = rec.get("loss")

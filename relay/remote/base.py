@@ -312,6 +312,29 @@ class Remote(ABC):
         """Fetch ``files`` of checkpoint ``step`` at the snapshot into ``dest`` (relative paths kept).
         Raise FileNotFoundError for a file the remote lacks, RemoteError for transport failures."""
 
+    # -- the final export and pulls by path (relay.ckpt.final, relayctl pull) -----------------------------
+    def push_final(self, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
+        """Publish a sealed final export under ``<run_id>/final/`` in one commit, fenced by ``epoch``
+        (check_final_fence); files of an earlier final export it no longer has are removed in the same
+        commit. Raises RemoteFencedError / RemoteError."""
+        raise NotImplementedError
+
+    def _read_bytes(self, snap: Snapshot, path: str) -> bytes | None:
+        """A small file (a manifest) at ``path`` in the remote, at the snapshot; None when absent."""
+        raise NotImplementedError
+
+    def _download_files(
+        self,
+        snap: Snapshot,
+        prefix: str,
+        files: tuple[FileEntry, ...],
+        dest: Path,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        """Fetch ``prefix/<file>`` for each of ``files`` into ``dest`` (relative paths kept); raise
+        FileNotFoundError for a file the remote lacks, RemoteError for transport failures."""
+        raise NotImplementedError
+
     # -- shared pull -----------------------------------------------------------------------------
     def pull_newest(self, layout: RunLayout, *, revision: str | None = None) -> CommittedCheckpoint | None:
         """Download the newest remote checkpoint that verifies into ``layout.incoming_dir``, verify it,

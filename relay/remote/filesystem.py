@@ -52,8 +52,10 @@ from relay.remote.base import (
     load_local_manifest,
     prune_plan,
     published_state,
+    remote_ckpt_prefix,
     superseded_steps,
 )
+from relay.remote.export import FINAL_DIR, check_final_fence, remote_final_prefix
 from relay.remote.fs_stage import clean_stale_stages, stage_checkpoint, step_dirs
 from relay.remote.fs_tree import PublishLock, SafeDir, holder_name
 
@@ -291,6 +293,49 @@ class FilesystemRemote(Remote):
         except OSError as exc:
             raise self._wrap(exc, "prune") from None
 
+    # -- the final export --------------------------------------------------------------------------
+    def push_final(self, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
+        manifest, mbytes = load_local_manifest(export, run_id=self.run_id)
+        where = f"{self.url}/{remote_final_prefix(self.run_id)}"
+        try:
+            with self._run_dir(create=True) as run:
+                assert run is not None
+                with run.need(RELAY_DIR) as relay, relay.need(TMP_DIR) as tmp:
+                    check_final_fence(self._read_state(relay)[0], epoch=epoch, where=where)
+                    if (
+                        self._read_bytes(None, f"{remote_final_prefix(self.run_id)}/{MANIFEST_NAME}")
+                        == mbytes
+                    ):
+                        return PushResult(
+                            manifest.step, None, 0, 0, len(manifest.files), noop=True, detail="same export"
+                        )
+                    stage, sent, files_sent, files_skipped = stage_checkpoint(
+                        run,
+                        tmp,
+                        export,
+                        manifest,
+                        mbytes,
+                        sha256_bytes(mbytes),
+                        lock_timeout_s=self.lock_timeout_s,
+                        on_chunk=lambda _n: _phase("copy_chunk"),
+                        name=FINAL_DIR,
+                    )
+                    with self._lock(relay, f"push of the final export at epoch {epoch}"):
+                        state, counter = self._read_state(relay)
+                        check_final_fence(state, epoch=epoch, where=where)  # the compare, under the lock
+                        with relay.need(TRASH_DIR) as trash:
+                            if run.lstat(FINAL_DIR) is not None:
+                                run.move_to(FINAL_DIR, trash)
+                            tmp.rename(stage, run, FINAL_DIR)
+                            run.fsync()
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.remove(stage + ".lock")
+                    with relay.need(TRASH_DIR) as trash:
+                        trash.empty()
+            return PushResult(manifest.step, str(counter), sent, files_sent, files_skipped)
+        except OSError as exc:
+            raise self._wrap(exc, "push of the final export") from None
+
     # -- pull primitives -------------------------------------------------------------------------
     def _snapshot(self, revision: str | None) -> Snapshot:
         try:
@@ -318,14 +363,18 @@ class FilesystemRemote(Remote):
         return Snapshot(str(counter), state, steps)
 
     def _read_manifest_bytes(self, snap: Snapshot, step: int) -> bytes | None:
+        return self._read_bytes(snap, f"{remote_ckpt_prefix(self.run_id, step)}/{MANIFEST_NAME}")
+
+    def _read_bytes(self, snap: Snapshot | None, path: str) -> bytes | None:
+        *parents, name = path.split("/")
         try:
-            with self._run_dir(create=False) as run:
-                if run is None:
-                    return None
-                with run.walk([CHECKPOINTS_DIR, CKPT_DIR_FMT % step], create=False) as d:
-                    return d.read_bytes(MANIFEST_NAME) if d is not None else None
+            root = SafeDir.open_root(self.root, create=False)
+            if root is None:
+                return None
+            with root, root.walk(parents, create=False) as d:
+                return d.read_bytes(name) if d is not None else None
         except OSError as exc:
-            raise self._wrap(exc, f"reading the manifest of step {step}") from None
+            raise self._wrap(exc, f"reading {path}") from None
 
     def _download(
         self,
@@ -335,32 +384,45 @@ class FilesystemRemote(Remote):
         dest: Path,
         on_bytes: Callable[[int], None],
     ) -> None:
+        try:
+            self._download_files(snap, remote_ckpt_prefix(self.run_id, step), files, dest, on_bytes)
+        except FileNotFoundError:
+            # Gone because the remote moved on (pruned after a newer push)? Then retry the pull
+            # from the new head rather than falling back to an older checkpoint.
+            if str(self._snapshot(None).revision) != snap.revision:
+                raise RemoteError(
+                    f"{self.url}: step {step} was pruned while being pulled (revision {snap.revision} moved); "
+                    "pull again",
+                    retryable=True,
+                ) from None
+            raise
+
+    def _download_files(
+        self,
+        snap: Snapshot,
+        prefix: str,
+        files: tuple[FileEntry, ...],
+        dest: Path,
+        on_bytes: Callable[[int], None],
+    ) -> None:
         for f in files:
             target = dest / f.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            *parents, name = f.path.split("/")
+            *parents, name = f"{prefix}/{f.path}".split("/")
             try:
-                with self._run_dir(create=False) as run:
-                    if run is None:
-                        raise FileNotFoundError(errno.ENOENT, "the run is gone", f.path)
-                    with run.walk([CHECKPOINTS_DIR, CKPT_DIR_FMT % step, *parents], create=False) as d:
-                        if d is None:
-                            raise FileNotFoundError(errno.ENOENT, "not on the remote", f.path)
-                        fin = d.open_read(name)
+                root = SafeDir.open_root(self.root, create=False)
+                if root is None:
+                    raise FileNotFoundError(errno.ENOENT, "the remote is gone", f"{prefix}/{f.path}")
+                with root, root.walk(parents, create=False) as d:
+                    if d is None:
+                        raise FileNotFoundError(errno.ENOENT, "not on the remote", f"{prefix}/{f.path}")
+                    fin = d.open_read(name)
                 try:
                     with open(target, "wb", buffering=0) as fout:
                         copy_fd_hashed(fin, fout.fileno(), on_chunk=on_bytes)
                 finally:
                     os.close(fin)
             except FileNotFoundError:
-                # Gone because the remote moved on (pruned after a newer push)? Then retry the pull
-                # from the new head rather than falling back to an older checkpoint.
-                if str(self._snapshot(None).revision) != snap.revision:
-                    raise RemoteError(
-                        f"{self.url}: step {step} was pruned while being pulled (revision {snap.revision} moved); "
-                        "pull again",
-                        retryable=True,
-                    ) from None
-                raise
+                raise  # the caller names the missing file
             except OSError as exc:
-                raise self._wrap(exc, f"copying {f.path} of step {step}") from None
+                raise self._wrap(exc, f"copying {prefix}/{f.path}") from None

@@ -49,28 +49,29 @@ def stage_checkpoint(
     *,
     lock_timeout_s: float,
     on_chunk: Callable[[int], None],
+    name: str | None = None,
 ) -> tuple[str, int, int, int]:
-    """Build (or finish building) the checkpoint in ``tmp``: (stage name, bytes sent, files sent,
-    files skipped)."""
-    stage = f"{CKPT_DIR_FMT % manifest.step}-{msha[:16]}"
+    """Build (or finish building) the checkpoint (or the final export: ``name``) in ``tmp``: (stage name,
+    bytes sent, files sent, files skipped)."""
+    stage = f"{name or CKPT_DIR_FMT % manifest.step}-{msha[:16]}"
     sent = files_sent = files_skipped = 0
     held = held_files(run)
     lock = PublishLock(tmp, stage + ".lock", timeout_s=lock_timeout_s, holder=holder_name("staging"))
     with lock, tmp.need(stage) as sdir:
         for f in manifest.files:
-            *parents, name = f.path.split("/")
+            *parents, leaf = f.path.split("/")
             with sdir.walk(parents, create=True) as d:
                 assert d is not None
-                st = d.lstat(name)
+                st = d.lstat(leaf)
                 if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == f.size:
                     files_skipped += 1  # finished (verified) by an interrupted push
                     continue
                 if st is not None:
-                    d.remove(name)  # a link or a torn file: never written through
-                if link_held(run, held.get(f.sha256), d, name):
+                    d.remove(leaf)  # a link or a torn file: never written through
+                if link_held(run, held.get(f.sha256), d, leaf):
                     files_skipped += 1
                     continue
-                sent += copy_in(ckpt, f, d, name, on_chunk)
+                sent += copy_in(ckpt, f, d, leaf, on_chunk)
                 files_sent += 1
         for dirpath, _dirs, names, dfd in os.fwalk(".", dir_fd=sdir.fd):  # parts of an interrupted copy
             for part in names:

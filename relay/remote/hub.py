@@ -50,9 +50,18 @@ from relay.remote.base import (
     remote_state_path,
     superseded_steps,
 )
-from relay.remote.hub_api import GITATTRIBUTES, LFS_RULE, HeadMoved, HubAccess, RemoteMissing, log
+from relay.remote.hub_api import (
+    FINAL_LFS_RULE,
+    GITATTRIBUTES,
+    LFS_RULE,
+    LFS_RULES,
+    HeadMoved,
+    HubAccess,
+    RemoteMissing,
+    log,
+)
 
-__all__ = ["GITATTRIBUTES", "LFS_RULE", "HubRemote"]
+__all__ = ["FINAL_LFS_RULE", "GITATTRIBUTES", "LFS_RULE", "LFS_RULES", "HubRemote"]
 
 
 class HubRemote(HubAccess, Remote):
@@ -208,6 +217,11 @@ class HubRemote(HubAccess, Remote):
             return doomed
         raise RemoteError(f"{self.url}: head kept moving during prune", retryable=True)
 
+    def push_final(self, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
+        from relay.remote.hub_final import push_final
+
+        return push_final(self, export, epoch=epoch)
+
     # -- pull primitives -------------------------------------------------------------------------
     def _snapshot(self, revision: str | None) -> Snapshot:
         sha = self._head(revision)
@@ -229,6 +243,21 @@ class HubRemote(HubAccess, Remote):
         dest: Path,
         on_bytes: Callable[[int], None],
     ) -> None:
+        self._download_files(snap, remote_ckpt_prefix(self.run_id, step), files, dest, on_bytes)
+
+    def _read_bytes(self, snap: Snapshot, path: str) -> bytes | None:
+        if snap.revision is None:
+            return None
+        return self._read_file(path, snap.revision)
+
+    def _download_files(
+        self,
+        snap: Snapshot,
+        prefix: str,
+        files: tuple[FileEntry, ...],
+        dest: Path,
+        on_bytes: Callable[[int], None],
+    ) -> None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import RemoteEntryNotFoundError
         from tqdm.auto import tqdm
@@ -245,7 +274,6 @@ class HubRemote(HubAccess, Remote):
                 return None
 
         assert snap.revision is not None
-        prefix = remote_ckpt_prefix(self.run_id, step)
         scratch = dest.with_name(dest.name + ".dl")
         shutil.rmtree(scratch, ignore_errors=True)
         try:
@@ -266,7 +294,7 @@ class HubRemote(HubAccess, Remote):
                         raise RemoteMissing(2, "not on the remote", f"{prefix}/{f.path}") from None
 
                 try:
-                    got = self._call(fetch, f"downloading {f.path} of step {step}")
+                    got = self._call(fetch, f"downloading {prefix}/{f.path}")
                 except HeadMoved:  # pragma: no cover - never from a download
                     raise RemoteError(f"{self.url}: unexpected 412 on download", retryable=True) from None
                 target = dest / f.path

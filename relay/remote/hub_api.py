@@ -33,6 +33,8 @@ log = logging.getLogger("relay.remote.hub")
 
 GITATTRIBUTES = ".gitattributes"
 LFS_RULE = "*/checkpoints/** filter=lfs diff=lfs merge=lfs -text"
+FINAL_LFS_RULE = "*/final/** filter=lfs diff=lfs merge=lfs -text"
+LFS_RULES = (LFS_RULE, FINAL_LFS_RULE)
 _RETRYABLE_STATUS = {408, 425, 429}
 
 
@@ -276,13 +278,14 @@ class HubAccess:
         for _ in range(self.max_cas_retries):
             head = self._head()
             current = (self._read_file(GITATTRIBUTES, head) if head else None) or b""
-            lines = current.decode("utf-8", "replace").splitlines()
-            if LFS_RULE in (ln.strip() for ln in lines):
+            present = {ln.strip() for ln in current.decode("utf-8", "replace").splitlines()}
+            missing = [rule for rule in LFS_RULES if rule not in present]
+            if not missing:
                 break
             text = current.decode("utf-8", "replace")
             if text and not text.endswith("\n"):
                 text += "\n"
-            text += LFS_RULE + "\n"
+            text += "".join(rule + "\n" for rule in missing)
             try:
                 self._commit(
                     [CommitOperationAdd(GITATTRIBUTES, text.encode())],

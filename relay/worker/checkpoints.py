@@ -159,16 +159,17 @@ class Checkpoints:
         )
 
     def clear_staging(self) -> None:
-        """Remove what a dead trainer left half-written, so the next one cannot trip over it."""
-        staging = self.layout.staging_dir
-        if not staging.is_dir():
-            return
-        for entry in staging.iterdir():
-            with contextlib.suppress(OSError):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+        """Remove what a dead trainer left half-written, so the next one cannot trip over it: the staging
+        directory and the final-export directory (only a trainer that finishes fills it)."""
+        for where in (self.layout.staging_dir, self.layout.final_dir):
+            if not where.is_dir():
+                continue
+            for entry in where.iterdir():
+                with contextlib.suppress(OSError):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
 
     # -- sync -----------------------------------------------------------------------------------
 

@@ -76,15 +76,16 @@ class Handoff:
             if not synced:
                 log.warning("checkpoint step %s was not synced before the release", latest_step)
         note = "" if synced else f"; checkpoint step {latest_step} NOT synced to the remote"
-        ctx.goto(S.RELEASING)
         step = ctx.progress.step
         if ending is Ending.COMPLETED:
             unfinished = self._not_completed(step, latest_step, synced)
             if unfinished is not None:  # "completed" promises a committed (and, with a remote, synced) end
+                ctx.goto(S.RELEASING)
                 # a trainer whose checkpoints can never be committed fails the same way on every pod
                 again = not (ctx.ckpts.last_commit_invalid and latest_step != step)
                 return await self.release(R.failed, EXIT_FAILED, unfinished, restartable=again)
-            return await self.release(R.completed, EXIT_OK, f"trainer finished at step {step}")
+            return await self._complete(step, note)
+        ctx.goto(S.RELEASING)
         if ending is Ending.CANCELLED:
             return await self.release(R.cancelled, EXIT_OK, f"cancelled at step {step}")
         if ending is Ending.RUNTIME:
@@ -114,6 +115,19 @@ class Handoff:
                 f"is not on the remote {ckpts.remote.url} ({last})"
             )
         return None
+
+    async def _complete(self, step: int, note: str) -> Outcome:
+        """Completed only once the final export is on the remote (when there is one to publish)."""
+        from relay.worker.final_export import publish_final
+
+        final = await publish_final(self.ctx, step)
+        self.ctx.check_fence()
+        self.ctx.goto(S.RELEASING)
+        if final.error is not None:
+            detail = f"trainer finished at step {step} but {final.error}"
+            return await self.release(R.failed, EXIT_FAILED, detail, restartable=True)
+        extra = f"; {final.detail}" if final.detail else ""
+        return await self.release(R.completed, EXIT_OK, f"trainer finished at step {step}{note}{extra}")
 
     async def _wait_synced(self, step: int, timeout_s: float | None) -> bool:
         """Wait until the remote holds ``step`` (True), the syncer gave up, the fence tripped, or time is up."""

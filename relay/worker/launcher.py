@@ -291,13 +291,26 @@ def trainer_env(
         RELAY_RESUME_FROM=str(resume.path) if resume is not None else "",
         RELAY_PROGRESS_FILE=str(layout.progress_file),
         RELAY_TRAIN_CONFIG=str(layout.train_config_file),
+        RELAY_FINAL_DIR=str(layout.final_dir),
         RELAY_PYTHON=sys.executable,
+        RELAY_INSTRUMENT="1" if cfg.instrument else "0",
+        RELAY_HEARTBEAT_S=f"{heartbeat_interval(cfg):g}",
+        RELAY_HEARTBEAT_STARTUP_S=f"{max(60.0, cfg.startup_timeout_s or cfg.hang_timeout_s or 60.0):g}",
         PYTHONUNBUFFERED="1",
     )
+    env.pop("RELAY_TRAINER_CMD", None)  # the configuration (or the run spec) decides, not a stray variable
+    if cfg.trainer_cmd:
+        env["RELAY_TRAINER_CMD"] = cfg.trainer_cmd
     token = cfg.token()
     if token:
         env["HF_TOKEN"] = token
     return env
+
+
+def heartbeat_interval(cfg: WorkerConfig) -> float:
+    """How often an instrumented trainer says it is alive while not stepping: well inside the hang timeout."""
+    limits = [t for t in (cfg.hang_timeout_s, cfg.startup_timeout_s) if t is not None]
+    return max(0.2, min([2.0, *(t / 4 for t in limits)]))
 
 
 def write_train_config(path: Path, train: Mapping[str, Any]) -> None:

@@ -63,6 +63,8 @@ def effective_config(cfg: WorkerConfig, spec: RunSpec | None) -> WorkerConfig:
         data.update(remote=spec.remote, hf_repo=None)
     if spec.max_duration_s is not None:
         data["max_runtime_s"] = spec.max_duration_s
+    if spec.trainer_cmd is not None:
+        data["trainer_cmd"] = spec.trainer_cmd
     try:
         return validate_config(data, {key: "run spec" for key in ("mode", "train", "remote", "max_restarts")})
     except ConfigError as exc:

@@ -30,6 +30,7 @@ from relay.backoff import Backoff
 from relay.worker.context import Interrupted, RunContext
 from relay.worker.launcher import TrainerProcess, trainer_argv, trainer_env, write_train_config
 from relay.worker.lifecycle import State
+from relay.worker.liveness import Liveness
 from relay.worker.progress_tail import ProgressTail
 from relay.worker.threads import in_thread
 from relay.worker.volume import volume_problem
@@ -95,6 +96,7 @@ class Supervisor:
             max_runtime_s=cfg.max_runtime_s,
         )
         self.tail = ProgressTail(ctx.layout.progress_file)
+        self.liveness = Liveness(cfg.liveness, self.tail, ctx.tlog, ctx.progress)
         self.trainer: TrainerProcess | None = None
         self.stop_started: float | None = None
 
@@ -115,6 +117,7 @@ class Supervisor:
                 ctx.goto(S.RELEASING)
                 return SupervisorResult(Ending.LAUNCH_FAILED, detail=detail)
             self.watchdog.trainer_started()
+            self.liveness.trainer_started()
             ctx.goto(S.SUPERVISING)
             why = await self._watch(trainer)
             if why is Watch.FENCED:
@@ -233,12 +236,14 @@ class Supervisor:
         return None
 
     def poll_progress(self) -> None:
-        lines = self.tail.poll()
-        if not lines:
+        """Feed the watchdog and the run's step from the best evidence (relay.worker.liveness)."""
+        seen = self.liveness.poll()
+        if not seen.alive:
             return
         self.watchdog.progress()
-        last = lines[-1]
-        self.ctx.progress.trained(last.step, last.metrics or None)
+        self.ctx.progress.trained(
+            seen.step if seen.step is not None else self.ctx.progress.step, seen.metrics
+        )
 
     # -- stop -------------------------------------------------------------------------------------
 

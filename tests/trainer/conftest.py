@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from relay_testkit.tiny_model import arithmetic_rl_rows, build_tiny_model, chat_rows, write_jsonl
+from relay_testkit.commander_proc import commander_factory  # noqa: F401 - the e2e tests' fixture
+from relay_testkit.third_party import Recipe
+from relay_testkit.tiny_model import (
+    arithmetic_rl_rows,
+    build_tiny_model,
+    chat_rows,
+    prompt_completion_rows,
+    write_jsonl,
+)
+from relay_testkit.trainer_env import pause_at_step_env
 from relay_testkit.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +37,35 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", chat_rows(24))
+
+
+@pytest.fixture(scope="session")
+def pc_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """prompt/completion rows, alone in their directory (TRL's CLI loads the directory as a data set)."""
+    return write_jsonl(tmp_path_factory.mktemp("pc") / "train.jsonl", prompt_completion_rows(32))
+
+
+# The third-party trainers (relay_testkit/trainer_recipes.py); a missing environment fails the tests
+# that need it with the command that builds it.
+@pytest.fixture(scope="session")
+def lf_recipe(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, pc_data: Path) -> Recipe:
+    from relay_testkit.trainer_recipes import llamafactory_recipe
+
+    return llamafactory_recipe(tmp_path_factory.mktemp("lf"), tiny_model, pc_data)
+
+
+@pytest.fixture(scope="session")
+def trl_recipe(tiny_model: Path, pc_data: Path) -> Recipe:
+    from relay_testkit.trainer_recipes import trl_recipe
+
+    return trl_recipe(tiny_model, pc_data)
+
+
+@pytest.fixture(scope="session")
+def user_recipe(tiny_model: Path, pc_data: Path) -> Recipe:
+    from relay_testkit.trainer_recipes import user_script_recipe
+
+    return user_script_recipe(tiny_model, pc_data)
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +113,16 @@ def launch(mode: str, env: dict[str, str], log: Path | None = None) -> subproces
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The progress lines of trained steps (heartbeat lines, written while a trainer starts, saves or
+    exports, are left out: relay_inject.heartbeat)."""
     if not path.exists():
         return []
     out = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         if raw.strip():
-            out.append(json.loads(raw))
+            line = json.loads(raw)
+            if line.get("heartbeat") is not True:
+                out.append(line)
     return out
 
 
@@ -114,7 +156,7 @@ def relay_resume_experiment(
     a = launch(mode, trainer_env(a_dir, train, RELAY_MODE=mode), a_dir / "trainer.log")
     b = launch(
         mode,
-        trainer_env(b_dir, train, RELAY_MODE=mode, RELAY_TEST_PAUSE_AT_STEP=str(stop_at)),
+        pause_at_step_env(trainer_env(b_dir, train, RELAY_MODE=mode), stop_at),
         b_dir / "trainer.log",
     )
     try:

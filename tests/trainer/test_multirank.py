@@ -69,7 +69,7 @@ def test_two_rank_sigterm_checkpoint_and_exact_resume(
     assert all(math.isfinite(x["loss"]) for x in ref)
 
     # The ranks all-reduce the stop flag at every step end, so they stop together at the first step end
-    # after the signal reached them: the step is not fixed (RELAY_TEST_PAUSE_AT_STEP is single-process
+    # after the signal reached them: the step is not fixed (the pause plugin is single-process
     # only), but it is the last progress line, before the end of the run, and the only checkpoint.
     staging = b_dir / "staging"
     b_lines = read_lines(b_dir / "progress.jsonl")
