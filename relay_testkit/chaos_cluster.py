@@ -728,7 +728,11 @@ class ChaosDriver:
 
     def _arm_kill(self) -> None:
         holders = self._holders()
-        candidates = holders or [w for w in self.c.live_workers() if not w.signals]
+        # a stalled worker is left to its stall (killing it would be another fault)
+        idle = [
+            w for w in self.c.live_workers() if not w.signals and not any(w is p for p, _ in self.stalled)
+        ]
+        candidates = holders or idle
         if not candidates:
             return
         w = self.rng.choice(sorted(candidates, key=lambda h: h.worker_id))
