@@ -69,6 +69,11 @@ MOCK_KEYS: dict[str, tuple[tuple[type, ...], Any, str]] = {
         "Log SIGTERM and keep training (the worker must SIGKILL after its grace).",
     ),
     "checkpoint_bytes": ((int,), 1024, "Size of the fake weights file in each checkpoint."),
+    "symlink_in_checkpoint": (
+        (bool,),
+        False,
+        "Put a symbolic link in every checkpoint: the worker refuses to commit any (a run whose commits all fail).",
+    ),
 }
 
 
@@ -88,6 +93,7 @@ class MockConfig:
     slow_checkpoint_s: float = 0.0
     ignore_sigterm: bool = False
     checkpoint_bytes: int = 1024
+    symlink_in_checkpoint: bool = False
 
 
 assert {f.name for f in fields(MockConfig)} == set(MOCK_KEYS), "MockConfig and MOCK_KEYS disagree"
@@ -225,6 +231,8 @@ class MockTrainer:
         state = {"step": step, "loss": loss_at(step), "run_id": self.env.run_id, "epoch": self.env.epoch}
         (d / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         (d / WEIGHTS_FILE).write_bytes(_fake_weights(step, self.cfg.checkpoint_bytes))
+        if self.cfg.symlink_in_checkpoint:
+            (d / "weights-link.bin").symlink_to(WEIGHTS_FILE)
         if self.cfg.slow_checkpoint_s > 0:
             self.log.record("save_slow", step=step, seconds=self.cfg.slow_checkpoint_s)
             self._sleep(self.cfg.slow_checkpoint_s, interruptible=False)

@@ -38,6 +38,7 @@ from relay.worker.lifecycle import (
 )
 from relay.worker.session import RunSession
 from relay.worker.signals import StopSignals
+from relay.worker.volume import VolumeError
 
 if TYPE_CHECKING:
     from relay.client import CommanderClient
@@ -75,6 +76,8 @@ class Agent:
         self.lifecycle = Lifecycle()
         self.signals: StopSignals | None = None
         self.acquire_backoff = Backoff(cfg.acquire_backoff_s, cfg.acquire_backoff_max_s)
+        #: run -> the remote epoch this worker reported when its claim found the remote ahead
+        self.remote_epochs: dict[str, int] = {}
 
     @property
     def state(self) -> State:
@@ -119,6 +122,14 @@ class Agent:
                 self.goto(S.DONE)
                 return got
             grant, sent_at = got
+            reported = self.remote_epochs.get(grant.run_id)
+            if reported is not None and grant.epoch <= reported:  # told, and it did not jump: no loop
+                code = await _release_unusable(
+                    self.cfg, client, grant, remote_not_passed(grant.epoch, reported), restartable=False
+                )
+                if not pool:
+                    return code
+                continue
             try:
                 lease = Lease.from_grant(grant, worker_id=self.cfg.worker_id, sent_at=sent_at)
                 session = RunSession(self.cfg, client, lease, signals=self.signals, lifecycle=self.lifecycle)
@@ -131,6 +142,11 @@ class Agent:
                 if not pool:
                     return outcome
                 continue
+            except VolumeError as exc:  # the pod's volume failed since the preflight: not the run's fault
+                self.goto(S.DONE)
+                return await _release_unusable(
+                    self.cfg, client, grant, str(exc), outcome=ReleaseOutcome.preempted
+                )
             held.keep(lease)  # so a restart of this worker process can show it and carry on at once
             self.signals.holding_run = True
             try:
@@ -141,6 +157,10 @@ class Agent:
             if outcome.exit_code == EXIT_FENCED or outcome.release is None:
                 self.goto(S.DONE)
                 return outcome.exit_code
+            if outcome.remote_epoch is not None and not self.signals.stopping:
+                self.remote_epochs[grant.run_id] = outcome.remote_epoch  # the next grant must be above it
+                self.goto(S.ACQUIRING)
+                continue
             if not pool or self.signals.stopping or outcome.release is ReleaseOutcome.preempted:
                 self.goto(S.DONE)
                 return outcome.exit_code
@@ -283,11 +303,28 @@ class _IdleNotes:
 
 
 async def _release_unusable(
-    cfg: WorkerConfig, client: CommanderClient, grant: AcquireGranted, why: str
+    cfg: WorkerConfig,
+    client: CommanderClient,
+    grant: AcquireGranted,
+    why: str,
+    *,
+    restartable: bool = True,
+    outcome: ReleaseOutcome = ReleaseOutcome.failed,
 ) -> int:
-    """A grant we cannot act on (its spec is invalid): hand it back as failed, say why."""
+    """A grant we cannot act on (its spec is invalid, its epoch below the remote's, this pod's volume
+    failed): hand it back with ``outcome``, say why."""
     print(f"relay worker: run {grant.run_id}: {why}", file=sys.stderr)
     lease = Lease.from_grant(grant, worker_id=cfg.worker_id, sent_at=time.monotonic())
     with contextlib.suppress(Exception):
-        await client.release(lease.release_request(ReleaseOutcome.failed.value, why))
-    return EXIT_CONFIG
+        await client.release(lease.release_request(outcome.value, why, restartable=restartable))
+    return EXIT_CONFIG if restartable else EXIT_FAILED
+
+
+def remote_not_passed(epoch: int, remote_epoch: int) -> str:
+    """Why a worker ends a run whose commander keeps granting epochs the run's remote has seen."""
+    return (
+        f"the commander granted epoch {epoch} after this worker reported the run's remote at epoch "
+        f"{remote_epoch}: grants do not jump past the remote's epoch, so every grant would be refused by "
+        "storage; failing the run instead of looping (check the remote's relay/state.json, and that the "
+        "commander honours ReleaseRequest.remote_epoch)"
+    )
