@@ -17,8 +17,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from relay.remote import open_remote
 from relay_testkit.wait import wait_for
 from relay_testkit.workerproc import REPO_ROOT, WorkerProc
@@ -117,11 +115,6 @@ def test_a_poisoned_remote_epoch_ends_the_run_with_its_reason_instead_of_a_loop(
     assert json.loads((relay_dir / "state.json").read_text())["epoch"] == poisoned  # never written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the commander side of issue 13 (branch fencecmd): grants jump past ReleaseRequest.remote_epoch; "
-    "passes once it is merged (then drop this marker)",
-)
 def test_a_remote_ahead_of_a_commander_that_lost_its_state_is_jumped_past(
     tmp_path: Path, commander_factory: Any
 ) -> None:
