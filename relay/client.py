@@ -67,7 +67,7 @@ class LeaseHeld(CommanderError):
 
 
 class RunClosed(CommanderError):
-    """409: the run is completed or cancelled and is never granted again."""
+    """409: the run is completed or cancelled, or can never be granted again (``status`` says which)."""
 
     def __init__(self, message: str, status: RunStatus | None) -> None:
         super().__init__(message)
@@ -149,7 +149,10 @@ class CommanderClient:
         )
         if status == 409:
             denied = self._parse(AcquireDenied, body)
-            if denied.status in CLOSED_STATUSES:
+            # a closed run, or a failed one nobody holds: it can never be granted again (its epoch is exhausted)
+            if denied.status in CLOSED_STATUSES or (
+                denied.holder is None and denied.status is RunStatus.failed
+            ):
                 raise RunClosed(denied.detail or f"run {req.run_id} is {denied.status}", denied.status)
             raise LeaseHeld(
                 denied.detail or f"run {req.run_id} is held by {denied.holder}",

@@ -78,7 +78,7 @@ class WorkerProc:
         ACQUIRE_BACKOFF_S="0.1",
         ACQUIRE_BACKOFF_MAX_S="0.3",
         COMMANDER_WAIT_S="20",
-        KILL_GRACE_S="1",
+        KILL_GRACE_S="0.5",
         GRACE_S="15",
         RESTART_BACKOFF_S="0.1",
     )
@@ -97,14 +97,23 @@ class WorkerProc:
         return read_jsonl(self.run_dir(run_id) / "progress.jsonl")
 
     # -- process ----------------------------------------------------------------------------------
-    def start(self, *args: str) -> WorkerProc:
+    def start(
+        self,
+        *args: str,
+        output: int | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> WorkerProc:
+        """Start the worker; its stdout and stderr go to :attr:`log_path`, or to the file descriptor
+        ``output`` (a pipe a test may stop reading: a stalled log driver). ``wrap`` turns the command
+        into the one to run (``relay_testkit.mountns.wrapped``: a volume that is full or read-only)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "relay.worker", *args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay.worker", *args],
+                wrap(argv) if wrap is not None else argv,
                 cwd=REPO_ROOT,
                 env=self.env,
-                stdout=log,
+                stdout=log if output is None else output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )

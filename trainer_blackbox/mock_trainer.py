@@ -83,6 +83,11 @@ MOCK_KEYS: dict[str, tuple[tuple[type, ...], Any, str]] = {
         "Honour the worker's save requests (RELAY_SAVE_REQUEST_FILE): save at the next step end. "
         "false: ignore them, like a trainer that predates them.",
     ),
+    "symlink_in_checkpoint": (
+        (bool,),
+        False,
+        "Put a symbolic link in every checkpoint: the worker refuses to commit any (a run whose commits all fail).",
+    ),
 }
 
 
@@ -104,6 +109,7 @@ class MockConfig:
     checkpoint_bytes: int = 1024
     frozen_bytes: int = 0
     save_requests: bool = True
+    symlink_in_checkpoint: bool = False
 
 
 assert {f.name for f in fields(MockConfig)} == set(MOCK_KEYS), "MockConfig and MOCK_KEYS disagree"
@@ -244,6 +250,8 @@ class MockTrainer:
         (d / WEIGHTS_FILE).write_bytes(_fake_weights(step, self.cfg.checkpoint_bytes))
         if self.cfg.frozen_bytes:
             (d / FROZEN_FILE).write_bytes(_fake_weights(-1, self.cfg.frozen_bytes))
+        if self.cfg.symlink_in_checkpoint:
+            (d / "weights-link.bin").symlink_to(WEIGHTS_FILE)
         if self.cfg.slow_checkpoint_s > 0:
             self.log.record("save_slow", step=step, seconds=self.cfg.slow_checkpoint_s)
             self._sleep(self.cfg.slow_checkpoint_s, interruptible=False)

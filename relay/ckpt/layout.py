@@ -105,6 +105,16 @@ class RunLayout:
     def lock_file(self) -> Path:
         return self.run_dir / ".lock"
 
+    @property
+    def held_lease_file(self) -> Path:
+        """The lease the worker process carrying this run holds (``relay.worker.held_lease``)."""
+        return self.run_dir / "lease.json"
+
+    @property
+    def held_lease_lock(self) -> Path:
+        """flock'ed by the live worker process that owns ``lease.json``."""
+        return self.run_dir / "lease.lock"
+
     def step_dir(self, step: int) -> Path:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative integer (got {step!r})")

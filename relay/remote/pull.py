@@ -11,7 +11,6 @@ fails is skipped with a reason; a transport failure raises; ``cancel()`` stops a
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +24,13 @@ from relay.ckpt.manifest import CommittedCheckpoint, Manifest
 from relay.ckpt.reuse import link_known, local_blobs
 from relay.ckpt.verify import SkippedCheckpoint, verify_checkpoint
 from relay.remote.base import (
-    PullCancelled,
     PullReport,
-    RemoteCorruptError,
     Snapshot,
     pull_candidates,
     remote_ckpt_prefix,
 )
+from relay.remote.errors import PullCancelled, RemoteCorruptError
+from relay.remote.progress import tty_progress
 
 if TYPE_CHECKING:
     from relay.remote.base import Remote
@@ -49,12 +48,12 @@ def pull_newest(
     snap = remote._snapshot(revision)
     report = PullReport(revision=snap.revision)
     remote.last_pull = report
-    if not snap.steps and snap.state is None:
-        return None
     candidates, early = pull_candidates(snap.state, snap.steps)
     report.skipped.extend(
         SkippedCheckpoint(Path(remote_ckpt_prefix(remote.run_id, s)), r, "superseded") for s, r in early
     )
+    if not candidates and (snap.state is None or snap.state.step is None):
+        return None  # nothing was ever published (at most claimed, or a fenced writer's leftovers)
     layout.ensure()
     empty_dir(layout.incoming_dir)
     for step in candidates:
@@ -129,7 +128,7 @@ def _fetch_verified(
     linked = link_known(manifest.files, local_blobs(layout) if reuse else {}, tmp)
     report.files_reused, report.bytes_reused = linked.files, linked.bytes
     missing = tuple(linked.missing)
-    bar = _tty_progress(sum(f.size for f in missing), f"pull step {step}")
+    bar = tty_progress(sum(f.size for f in missing), f"pull step {step}")
     received = [0]
 
     def on_bytes(n: int) -> None:
@@ -164,14 +163,3 @@ def _fetch_verified(
 
 def _never() -> bool:
     return False
-
-
-def _tty_progress(total: int, desc: str):
-    """A tqdm bar when stdout is a terminal, else None."""
-    if not sys.stdout.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with huggingface_hub
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)

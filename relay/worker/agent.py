@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, TypeVar
 from relay.backoff import Backoff
 from relay.config import ConfigError, WorkerConfig
 from relay.ids import InvalidIdError
-from relay.schema import ReleaseOutcome
+from relay.schema import CLOSED_STATUSES, ReleaseOutcome
+from relay.worker.held_lease import HeldLeases
 from relay.worker.lease import Lease
 from relay.worker.lifecycle import (
     EXIT_CODES,
@@ -44,6 +45,7 @@ from relay.worker.lifecycle import (
 from relay.worker.session import RunSession
 from relay.worker.signals import StopSignals
 from relay.worker.standby import Standby, standby_remote
+from relay.worker.volume import VolumeError
 
 if TYPE_CHECKING:
     from relay.client import CommanderClient
@@ -85,6 +87,8 @@ class Agent:
         self.long_poll = cfg.acquire_wait_s > 0  # off for good once the commander says it has none
         self.standby: Standby | None = None  # while waiting for a named run held by another pod
         self._standby_tried = False
+        #: run -> the remote epoch this worker reported when its claim found the remote ahead
+        self.remote_epochs: dict[str, int] = {}
 
     @property
     def state(self) -> State:
@@ -111,17 +115,34 @@ class Agent:
             self.signals.uninstall()
 
     async def _run(self, client: CommanderClient) -> int:
+        held = HeldLeases(self.cfg.relay_root, self.cfg.worker_id)
+        try:
+            return await self._carry(client, held)
+        finally:
+            held.close()
+
+    async def _carry(self, client: CommanderClient, held: HeldLeases) -> int:
         assert self.signals is not None
         pool = self.cfg.run_id is None
         self.goto(S.ACQUIRING)
+        resume = held.find() if pool else None  # pool mode: the run this worker id held before a restart
         while True:
-            got = await self._acquire(client)
+            got = await self._acquire(client, held, resume)
+            resume = None
             standby, self.standby = self.standby, None  # the session stops it before it recovers
             if isinstance(got, int):
                 await _stop(standby)
                 self.goto(S.DONE)
                 return got
             grant, sent_at = got
+            reported = self.remote_epochs.get(grant.run_id)
+            if reported is not None and grant.epoch <= reported:  # told, and it did not jump: no loop
+                code = await _release_unusable(
+                    self.cfg, client, grant, remote_not_passed(grant.epoch, reported), restartable=False
+                )
+                if not pool:
+                    return code
+                continue
             try:
                 lease = Lease.from_grant(grant, worker_id=self.cfg.worker_id, sent_at=sent_at)
                 session = RunSession(
@@ -138,14 +159,25 @@ class Agent:
                 if not pool:
                     return outcome
                 continue
+            except VolumeError as exc:  # the pod's volume failed since the preflight: not the run's fault
+                self.goto(S.DONE)
+                return await _release_unusable(
+                    self.cfg, client, grant, str(exc), outcome=ReleaseOutcome.preempted
+                )
+            held.keep(lease)  # so a restart of this worker process can show it and carry on at once
             self.signals.holding_run = True
             try:
                 outcome = await session.run()
             finally:
                 self.signals.holding_run = False
+                held.drop(lease.run_id)
             if outcome.exit_code == EXIT_FENCED or outcome.release is None:
                 self.goto(S.DONE)
                 return outcome.exit_code
+            if outcome.remote_epoch is not None and not self.signals.stopping:
+                self.remote_epochs[grant.run_id] = outcome.remote_epoch  # the next grant must be above it
+                self.goto(S.ACQUIRING)
+                continue
             if not pool or self.signals.stopping or outcome.release is ReleaseOutcome.preempted:
                 self.goto(S.DONE)
                 return outcome.exit_code
@@ -154,22 +186,31 @@ class Agent:
             )
             self.goto(S.ACQUIRING)
 
-    async def _acquire(self, client: CommanderClient) -> tuple[AcquireGranted, float] | int:
+    async def _acquire(
+        self, client: CommanderClient, held: HeldLeases, resume: str | None = None
+    ) -> tuple[AcquireGranted, float] | int:
         """A grant (and the earliest monotonic time it can have been made at: the request's send time
-        plus what the commander says it held the request), or the exit code to end with."""
-        from relay.client import CommanderError, LeaseHeld
+        plus what the commander says it held the request), or the exit code to end with.
+
+        The request shows the lease this worker id held on the run, when its volume has one
+        (``relay.worker.held_lease``); in pool mode ``resume`` names such a run, asked for first."""
+        from relay.client import CommanderError, CommanderUnreachable, LeaseHeld
         from relay.schema import AcquireRequest
 
         signals = self.signals
         assert signals is not None
         cfg = self.cfg
+        run_id = cfg.run_id or resume
+        proof = held.claim(run_id) if run_id is not None else None
         refusals = _Refusals(cfg, self.acquire_backoff)
         while True:
             if signals.stopping:
                 print(f"relay worker: {signals.name} before a run was acquired; exiting", file=sys.stderr)
                 return EXIT_OK
             wait_s = self._wait_s(refusals) if self.long_poll else None
-            req = AcquireRequest(run_id=cfg.run_id, worker_id=cfg.worker_id, mode=cfg.mode, wait_s=wait_s)
+            req = AcquireRequest(
+                run_id=run_id, worker_id=cfg.worker_id, mode=cfg.mode, held_lease=proof, wait_s=wait_s
+            )
             sent = time.monotonic()
             try:
                 grant = await _unless_stopped(client.acquire(req), signals.stop_requested)
@@ -177,6 +218,13 @@ class Agent:
                 if wait_s and _no_long_poll(exc):
                     log.info("the commander has no long poll (an older version): polling with backoff")
                     self.long_poll = False
+                    continue
+                if resume is not None and not isinstance(exc, CommanderUnreachable):
+                    log.info(
+                        "run %s is no longer this worker's (%s); asking for the next waiting run", resume, exc
+                    )
+                    held.drop(resume)
+                    resume = run_id = proof = None
                     continue
                 verdict = refusals.after(exc, sent=sent)
                 if not isinstance(verdict, int) and wait_s is None and self.long_poll and _waitable(exc):
@@ -228,6 +276,7 @@ class _Refusals:
         self.attempt = 0
         self.unreachable_since: float | None = None
         self.idle = _IdleNotes()
+        self.said_same_id = False
         self.what = f"run {cfg.run_id}" if cfg.run_id else f"the next waiting {cfg.mode} run"
 
     def after(self, exc: Exception, *, sent: float) -> float | int:
@@ -256,9 +305,12 @@ class _Refusals:
         self.unreachable_since = None
         if isinstance(exc, LeaseHeld):
             hint = exc.retry_after_s
+            if exc.holder == cfg.worker_id and not self.said_same_id:  # a copied WORKER_ID, said once
+                self.said_same_id = True
+                log.warning("%s; waiting for that lease to end", exc)
             log.info("%s is held by %s; retrying", self.what, exc.holder)
-        elif isinstance(exc, RunClosed):
-            return _say(f"{exc}; nothing to do", EXIT_OK)
+        elif isinstance(exc, RunClosed):  # completed/cancelled: nothing to do; failed: it cannot be granted
+            return _say(f"{exc}; nothing to do", EXIT_OK if exc.status in CLOSED_STATUSES else EXIT_FAILED)
         elif isinstance(exc, NoWaitingRun):
             idle_s = self.idle.waiting(since=sent)
             if cfg.idle_exit_s == 0 or (cfg.idle_exit_s > 0 and idle_s >= cfg.idle_exit_s):
@@ -351,11 +403,28 @@ class _IdleNotes:
 
 
 async def _release_unusable(
-    cfg: WorkerConfig, client: CommanderClient, grant: AcquireGranted, why: str
+    cfg: WorkerConfig,
+    client: CommanderClient,
+    grant: AcquireGranted,
+    why: str,
+    *,
+    restartable: bool = True,
+    outcome: ReleaseOutcome = ReleaseOutcome.failed,
 ) -> int:
-    """A grant we cannot act on (its spec is invalid): hand it back as failed, say why."""
+    """A grant we cannot act on (its spec is invalid, its epoch below the remote's, this pod's volume
+    failed): hand it back with ``outcome``, say why."""
     print(f"relay worker: run {grant.run_id}: {why}", file=sys.stderr)
     lease = Lease.from_grant(grant, worker_id=cfg.worker_id, sent_at=time.monotonic())
     with contextlib.suppress(Exception):
-        await client.release(lease.release_request(ReleaseOutcome.failed.value, why))
-    return EXIT_CONFIG
+        await client.release(lease.release_request(outcome.value, why, restartable=restartable))
+    return EXIT_CONFIG if restartable else EXIT_FAILED
+
+
+def remote_not_passed(epoch: int, remote_epoch: int) -> str:
+    """Why a worker ends a run whose commander keeps granting epochs the run's remote has seen."""
+    return (
+        f"the commander granted epoch {epoch} after this worker reported the run's remote at epoch "
+        f"{remote_epoch}: grants do not jump past the remote's epoch, so every grant would be refused by "
+        "storage; failing the run instead of looping (check the remote's relay/state.json, and that the "
+        "commander honours ReleaseRequest.remote_epoch)"
+    )

@@ -11,11 +11,13 @@ The rules, in order:
    (:func:`relay.ckpt.verify.recover_local`).  Hashing waits until it is needed: first only sizes are
    checked, and when rule 4 pulls a newer checkpoint the volume's are not hashed at all (the pull
    verifies what it installs).
-3. Read the remote's state, retrying transient errors.
+3. The remote's state is the one this lease's claim left (:func:`claim_remote`, done before anything
+   else: from then on no older epoch can publish, so what recovery sees is final).
 4. The remote holds a strictly newer step than the local survivor (or there is none): pull the
    newest remote checkpoint that verifies, downloading only the files no checkpoint on the volume
-   holds (a warm standby kept the previous one here: ``relay.worker.standby``).  When nothing on the remote verifies, the local
-   checkpoint is the best there is; with no local one either, recovery fails.
+   holds (a warm standby kept the previous one here: ``relay.worker.standby``).  When nothing on the
+   remote verifies, the local checkpoint is the best there is; with no local one either, recovery
+   fails.
 5. Otherwise the local checkpoint; when the remote is behind it, hand it to the syncer so the remote
    catches up with this volume.
 6. Nothing anywhere: cold start.
@@ -40,12 +42,13 @@ if TYPE_CHECKING:
     from relay.remote.base import Remote, RemoteState
     from relay.worker.checkpoints import Checkpoints
     from relay.worker.events import EventLog
+    from relay.worker.lease import Lease
 
 log = logging.getLogger("relay.worker")
 
-#: reading the remote's state at recovery: a few quick tries, then the error decides
-STATE_READ_BACKOFF = Backoff(base_s=0.5, max_s=4.0)
-STATE_READ_ATTEMPTS = 4
+#: claiming the remote at recovery: a few quick tries, then the error decides
+CLAIM_BACKOFF = Backoff(base_s=0.5, max_s=4.0)
+CLAIM_ATTEMPTS = 4
 
 
 def remote_is_newer(local_step: int | None, remote_step: int | None) -> bool:
@@ -58,25 +61,38 @@ def remote_is_behind(local_step: int, remote_step: int | None) -> bool:
     return remote_step is None or remote_step < local_step
 
 
-async def read_remote_state(remote: Remote) -> RemoteState | None:
-    """The remote's state (None: it holds nothing), retrying retryable errors with backoff."""
+async def claim_remote(remote: Remote, lease: Lease, *, events: EventLog) -> RemoteState:
+    """Record this lease's epoch on the remote (one compare-and-swap commit) before anything trains,
+    retrying retryable errors with backoff; returns the state as claimed and says so in a
+    ``remote_claimed`` event. RemoteAheadError (the remote is at or above the lease's epoch) and
+    non-retryable errors are raised."""
     from relay.remote.base import RemoteError
 
-    for attempt in range(STATE_READ_ATTEMPTS):
+    for attempt in range(CLAIM_ATTEMPTS):
         try:
-            return await in_thread(remote.state)
+            state = await in_thread(remote.claim, lease.epoch, lease_id=lease.lease_id)
+            break
         except RemoteError as exc:
-            if not getattr(exc, "retryable", False) or attempt == STATE_READ_ATTEMPTS - 1:
+            if not getattr(exc, "retryable", False) or attempt == CLAIM_ATTEMPTS - 1:
                 raise
-            delay = STATE_READ_BACKOFF.delay(attempt, at_least_s=getattr(exc, "retry_after_s", None))
-            log.warning("remote state failed (%s); retrying in %.1fs", exc, delay)
+            delay = CLAIM_BACKOFF.delay(attempt, at_least_s=getattr(exc, "retry_after_s", None))
+            log.warning("claiming the remote failed (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
-    return None
+    events.emit(
+        "remote_claimed",
+        message=f"claimed {remote.url} at epoch {lease.epoch} ({state.describe()})",
+        remote_step=state.step,
+        step_epoch=state.step_epoch,
+        revision=state.revision,
+    )
+    return state
 
 
-async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) -> CommittedCheckpoint | None:
+async def recover(
+    layout: RunLayout, ckpts: Checkpoints, *, events: EventLog, claimed: RemoteState | None
+) -> CommittedCheckpoint | None:
     """Choose the checkpoint to resume from (see the module's rules), make it ``ckpts.latest``, and
-    report it; None means a cold start.  Raises when the remote has something but nothing usable and
+    report it; None means a cold start.  ``claimed`` is the remote's state after this lease's claim.  Raises when the remote has something but nothing usable and
     the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try).
 
     The volume's checkpoints are hashed only when they may be the resume point: when the remote holds a
@@ -86,12 +102,12 @@ async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) ->
     from relay.remote.base import RemoteCorruptError
 
     await ckpts.commit_ready(sync=False)  # rule 1
-    claimed = await in_thread(recover_local, layout, rehash=False)  # sizes only: what the volume claims
-    remote_step = await _remote_step(ckpts)  # rule 3
+    sized = await in_thread(recover_local, layout, rehash=False)  # sizes only: what the volume claims
+    remote_step = _remote_step(ckpts, claimed)  # rule 3
     unusable: RemoteCorruptError | None = None
-    if remote_is_newer(_step(claimed.checkpoint), remote_step):  # rule 4, before hashing the volume
+    if remote_is_newer(_step(sized.checkpoint), remote_step):  # rule 4, before hashing the volume
         try:
-            pulled = await _pull(layout, ckpts, events, skipped=claimed.skipped)
+            pulled = await _pull(layout, ckpts, events, skipped=sized.skipped)
         except RemoteCorruptError as exc:
             unusable = exc
         else:
@@ -135,12 +151,12 @@ def _step(ckpt: CommittedCheckpoint | None) -> int | None:
     return ckpt.step if ckpt is not None else None
 
 
-async def _remote_step(ckpts: Checkpoints) -> int | None:
-    """Rule 3: the remote's step (None: no remote, or nothing on it), told to the syncer too."""
+def _remote_step(ckpts: Checkpoints, claimed: RemoteState | None) -> int | None:
+    """Rule 3: the remote's step as this lease's claim left it (None: no remote, or nothing published),
+    told to the syncer too."""
     if ckpts.remote is None:
         return None
-    state = await read_remote_state(ckpts.remote)
-    remote_step = state.step if state is not None else None
+    remote_step = claimed.step if claimed is not None else None
     if ckpts.syncer is not None:
         ckpts.syncer.remote_seen(remote_step)
     return remote_step

@@ -34,6 +34,7 @@ from relay.worker.lifecycle import State
 from relay.worker.liveness import Liveness
 from relay.worker.progress_tail import ProgressTail
 from relay.worker.threads import in_thread
+from relay.worker.volume import volume_problem
 from relay.worker.watchdog import ExitReport, RestartPolicy, Verdict, Watchdog, classify_exit
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Ending(str, enum.Enum):
     RUNTIME = "runtime"
     GAVE_UP = "gave_up"
     LAUNCH_FAILED = "launch_failed"
+    VOLUME = "volume"  # the trainer crashed and the pod's volume is full or read-only
 
 
 #: a graceful stop's Watch -> Ending
@@ -77,7 +79,7 @@ class SupervisorResult:
     ending: Ending
     report: ExitReport | None = None  # GAVE_UP: the last exit
     policy: RestartPolicy | None = None  # GAVE_UP: the restarts spent
-    detail: str = ""  # LAUNCH_FAILED: why
+    detail: str = ""  # LAUNCH_FAILED, VOLUME: why
 
 
 class Supervisor:
@@ -135,9 +137,11 @@ class Supervisor:
             ctx.goto(S.RESTARTING)
             await ctx.ckpts.commit_all_now()
             ctx.check_fence()
-            if delay is None:
+            volume = await self._volume_trouble() if why is Watch.EXITED else None
+            if delay is None or volume is not None:  # a full or read-only volume: a restart cannot help
                 ctx.goto(S.FINALIZING)
-                return SupervisorResult(Ending.GAVE_UP, report=report, policy=self.policy)
+                ending = Ending.GAVE_UP if volume is None else Ending.VOLUME
+                return SupervisorResult(ending, report=report, policy=self.policy, detail=volume or "")
             try:
                 await ctx.guarded(asyncio.sleep(delay))
             except Interrupted as exc:
@@ -175,8 +179,12 @@ class Supervisor:
             env=trainer_env(ctx.cfg, ctx.layout, epoch=ctx.lease.epoch, resume=resume),
             cwd=ctx.layout.run_dir,
             log_=ctx.tlog,
+            deadline=ctx.keeper.deadline,
+            kill_grace_s=ctx.cfg.kill_grace_s,
+            guard_log=ctx.layout.logs_dir / "guard.log",
         )
         self.trainer = trainer
+        ctx.keeper.watch_deadline(trainer.set_deadline)  # the guard kills it when the lease is unproven
         ctx.fence.set_hook("trainer", lambda: trainer.kill_now(ctx.cfg.kill_grace_s))
         resume_step = resume.step if resume is not None else None
         ctx.events.emit(
@@ -304,6 +312,16 @@ class Supervisor:
         log.warning("trainer %s", report.reason)
         # exit code 2 is a config/data error by the trainer contract: a restart would fail the same way
         return report, self.policy.next_delay() if report.restartable else None
+
+    async def _volume_trouble(self) -> str | None:
+        """After a crash: can the volume take the next checkpoint (relay.worker.volume)? None: it can."""
+        ctx = self.ctx
+        await in_thread(
+            ctx.ckpts.clear_staging
+        )  # what the dead trainer left is removed before a launch anyway
+        latest = ctx.ckpts.latest
+        need = latest.total_bytes if latest is not None else 0
+        return await in_thread(volume_problem, [ctx.layout.staging_dir, ctx.layout.ckpt_dir], need_bytes=need)
 
     def grace_left(self) -> float:
         """What is left of grace_s, counted from the signal (or from the start of a cancel/runtime stop)."""
