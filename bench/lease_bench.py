@@ -9,7 +9,11 @@ Phases, each over HTTP/1.1 keep-alive connections on loopback:
 2. renew: ``--procs`` load-generator processes share the ``--connections``; each
    connection keeps one request in flight and cycles through its workers' leases
    for ``--duration`` seconds (after ``--warmup`` seconds that are not counted);
-3. release: every worker releases its lease as preempted (durable again).
+3. renew+wait: ``--waiters`` more pods (1000) each park a long-polled acquire (``wait_s``) for one of
+   the held runs on a connection of its own, and the renew phase runs again: what waiting pods cost
+   the commander (target: renewals/s within 10% of phase 2, in the same run);
+   then once more without them (their mean is the "none" figure: the machine's drift shows between them);
+4. release: every worker releases its lease as preempted (durable again), once the waiters hung up.
 
 It prints requests/s and p50/p99/max latency per phase, checks that every answer
 was a 200, and compares with the targets (>= 5,000 renewals/s, p99 <= 50 ms).
@@ -36,6 +40,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +49,7 @@ if str(REPO_ROOT) not in sys.path:
 
 TARGET_RENEWALS_PER_S = 5000.0
 TARGET_P99_MS = 50.0
+TARGET_WAITING_RATIO = 0.9  # renewals/s with the waiters parked, against none
 
 
 # --------------------------------------------------------------------------- raw HTTP
@@ -271,6 +277,117 @@ def run_renew_phase(
     return PhaseResult("renew", total, errors, duration_s, latencies, first_error)
 
 
+# --------------------------------------------------------------------------- parked long polls (subprocess)
+
+
+def waiter_proc(args: tuple[str, int, list[bytes], Any, Any]) -> None:
+    """Opens one connection per request, sends each (a long-polled acquire), reports how many are sent,
+    and holds them all until ``stop`` is set; then hangs up (the commander lets go of the waits)."""
+    host, port, requests, ready, stop = args
+
+    async def main() -> None:
+        answered = 0
+
+        def on_response(conn: Connection, status: int, body: bytes) -> None:
+            nonlocal answered
+            answered += 1  # a parked acquire should not answer while the bench runs
+
+        conns = await open_connections(host, port, len(requests), on_response)
+        for conn, req in zip(conns, requests, strict=True):
+            if req:  # an empty request: the connection stays idle
+                conn.send(req)
+        ready.put(len(conns))
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        for conn in conns:
+            conn.transport.close()  # type: ignore[union-attr]
+        ready.put(answered)
+
+    asyncio.run(main())
+
+
+def rss_kib(pid: int | None) -> int | None:
+    """Resident memory of a process (KiB), from /proc; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def parked_count(host: str, port: int, secret: str | None) -> int:
+    """The commander's ``relay_acquires_waiting`` gauge."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://{host}:{port}/metrics", headers={"Authorization": f"Bearer {secret}"} if secret else {}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("relay_acquires_waiting "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+class Waiters:
+    """``--waiters`` parked long polls in a process of their own, for the renew+wait phase."""
+
+    def __init__(self, host: str, port: int, secret: str | None, requests: list[bytes]) -> None:
+        ctx = mp.get_context("spawn")
+        self.host, self.port, self.secret = host, port, secret
+        self.ready: mp.Queue = ctx.Queue()
+        self.stop = ctx.Event()
+        self.proc = ctx.Process(target=waiter_proc, args=((host, port, requests, self.ready, self.stop),))
+        self.count = len(requests)
+        self.requests = requests
+
+    def __enter__(self) -> Waiters:
+        self.proc.start()
+        sent = self.ready.get(timeout=120)
+        deadline = time.monotonic() + 120
+        parking = sum(1 for r in self.requests if r)
+        while parked_count(self.host, self.port, self.secret) < parking:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {parked_count(self.host, self.port, self.secret)} of {sent} parked")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.answered_early = self.ready.get(timeout=60)
+        self.proc.join(timeout=30)
+        time.sleep(0.5)  # the commander notices the hang-ups
+        deadline = time.monotonic() + 60
+        while parked_count(self.host, self.port, self.secret) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def memory_cost(n: int, *, parked: bool) -> int:
+    """How much resident memory ``n`` connections add to a fresh commander holding one run: idle
+    keep-alive connections, or each with a long-polled acquire parked for that run."""
+    from relay_testkit.commander_proc import CommanderProcess
+
+    with tempfile.TemporaryDirectory(prefix="lease-bench-mem-") as tmp:
+        with CommanderProcess(Path(tmp) / "state.db", lease_ttl_s=60.0) as cmd:
+            host, port = "127.0.0.1", cmd.port
+            hostport = f"{host}:{port}"
+            body = json.dumps({"run_id": "held", "worker_id": "holder"}).encode()
+            asyncio.run(
+                run_batch(host, port, [build_request(hostport, "/api/lease/acquire", body, None)], 1, "a")
+            )
+            time.sleep(0.5)
+            base = rss_kib(cmd.pid) or 0
+            wait = json.dumps({"run_id": "held", "worker_id": "standby", "wait_s": 600}).encode()
+            requests = [build_request(hostport, "/api/lease/acquire", wait, None) if parked else b""] * n
+            with Waiters(host, port, None, requests):
+                time.sleep(0.5)
+                return (rss_kib(cmd.pid) or 0) - base
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -285,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of measured renewals (10)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of renewals before measuring (1)")
+    parser.add_argument(
+        "--waiters", type=int, default=1000, help="parked long-polled acquires in the renew+wait phase (1000)"
+    )
     parser.add_argument("--url", help="benchmark this running commander instead of starting one")
     parser.add_argument("--secret", default=None, help="shared secret (default: a random one when starting)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
@@ -338,6 +458,31 @@ def main(argv: list[str] | None = None) -> int:
         renewed = run_renew_phase(
             host, port, renew_reqs, args.procs, args.connections, args.warmup, args.duration
         )
+        wait_reqs = [
+            build_request(
+                hostport,
+                "/api/lease/acquire",
+                json.dumps(
+                    {
+                        "run_id": workers[i % len(workers)][0],
+                        "worker_id": f"standby-{tag}-{i:05d}",
+                        "wait_s": 600,
+                    }
+                ).encode(),
+                secret,
+            )
+            for i in range(args.waiters)
+        ]
+        waiters = Waiters(host, port, secret, wait_reqs)
+        with waiters:
+            waiting = run_renew_phase(
+                host, port, renew_reqs, args.procs, args.connections, args.warmup, args.duration
+            )
+        waiting.name = "renew+wait"
+        again = run_renew_phase(
+            host, port, renew_reqs, args.procs, args.connections, args.warmup, args.duration
+        )
+        again.name = "renew"  # none parked again: the machine's drift shows between the two
         release_reqs = [
             build_request(
                 hostport,
@@ -364,20 +509,37 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"lease bench: {args.workers} workers, {args.connections} connections, {args.procs} load process(es), "
-        f"{args.duration:g}s renew phase, commander {'started by the bench' if commander else url}, "
-        f"{os.cpu_count()} CPU(s)"
+        f"{args.duration:g}s renew phase, {args.waiters} waiters, "
+        f"commander {'started by the bench' if commander else url}, {os.cpu_count()} CPU(s), "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    for phase in (acquired, renewed, released):
+    phases = (acquired, renewed, waiting, again, released)
+    for phase in phases:
         print("  " + phase.line())
-    for phase in (acquired, renewed, released):
+    for phase in phases:
         if phase.errors:
             print(f"  {phase.name}: {phase.errors} request(s) failed, first: {phase.first_error}")
     ok_rate = renewed.rate >= TARGET_RENEWALS_PER_S
     ok_p99 = renewed.percentile(0.99) <= TARGET_P99_MS
-    errors = acquired.errors + renewed.errors + released.errors
+    none_rate = (renewed.rate + again.rate) / 2
+    ratio = waiting.rate / none_rate if none_rate else 0.0
+    ok_waiting = ratio >= TARGET_WAITING_RATIO and not waiters.answered_early
+    errors = sum(p.errors for p in phases)
+    print(
+        f"  with {args.waiters} parked long polls: {waiting.rate:,.0f} renewals/s against {none_rate:,.0f} "
+        f"without (mean of the phases before and after) = {ratio:.2f}x ({waiters.answered_early} answered "
+        "while parked)"
+    )
+    if commander is not None and args.waiters:
+        idle_kib, parked_kib = (memory_cost(args.waiters, parked=p) for p in (False, True))
+        print(
+            f"  commander memory (a fresh commander each): {args.waiters} idle connections +{idle_kib:,} KiB, "
+            f"{args.waiters} parked long polls +{parked_kib:,} KiB"
+        )
     print(
         f"  targets: renewals/s >= {TARGET_RENEWALS_PER_S:,.0f}: {'PASS' if ok_rate else 'FAIL'}   "
         f"renew p99 <= {TARGET_P99_MS:g} ms: {'PASS' if ok_p99 else 'FAIL'}   "
+        f"waiting/none >= {TARGET_WAITING_RATIO:g}: {'PASS' if ok_waiting else 'FAIL'}   "
         f"all answers 200: {'PASS' if not errors else 'FAIL'}"
     )
     if args.json:
@@ -392,11 +554,11 @@ def main(argv: list[str] | None = None) -> int:
                         "errors": p.errors,
                         "mean_ms": round(statistics.fmean(p.latencies_ms), 3) if p.latencies_ms else None,
                     }
-                    for p in (acquired, renewed, released)
+                    for p in (acquired, renewed, waiting, released)
                 }
             )
         )
-    return 0 if ok_rate and ok_p99 and not errors else 1
+    return 0 if ok_rate and ok_p99 and ok_waiting and not errors else 1
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class LeaseHeld(CommanderError):
 
 
 class RunClosed(CommanderError):
-    """409: the run is completed or cancelled and is never granted again."""
+    """409: the run is completed or cancelled, or can never be granted again (``status`` says which)."""
 
     def __init__(self, message: str, status: RunStatus | None) -> None:
         super().__init__(message)
@@ -140,11 +140,19 @@ class CommanderClient:
         return self._parse(HealthResponse, body)
 
     async def acquire(self, req: AcquireRequest) -> AcquireGranted:
-        """Raises LeaseHeld, RunClosed, NoWaitingRun (and the common errors)."""
-        status, body = await self._call("POST", "/api/lease/acquire", req)
+        """Raises LeaseHeld, RunClosed, NoWaitingRun (and the common errors).  A long poll (``wait_s``)
+        gets that much longer to answer; unset fields are not sent, so a commander that predates a field
+        is only sent it when it is used (and answers 422 naming it: ``BadRequest.field``)."""
+        wait = req.wait_s or 0.0
+        status, body = await self._call(
+            "POST", "/api/lease/acquire", req, exclude_none=True, timeout_s=self.timeout_s + wait
+        )
         if status == 409:
             denied = self._parse(AcquireDenied, body)
-            if denied.status in CLOSED_STATUSES:
+            # a closed run, or a failed one nobody holds: it can never be granted again (its epoch is exhausted)
+            if denied.status in CLOSED_STATUSES or (
+                denied.holder is None and denied.status is RunStatus.failed
+            ):
                 raise RunClosed(denied.detail or f"run {req.run_id} is {denied.status}", denied.status)
             raise LeaseHeld(
                 denied.detail or f"run {req.run_id} is held by {denied.holder}",
@@ -250,19 +258,28 @@ class CommanderClient:
         *,
         params: dict[str, str] | None = None,
         exclude_unset: bool = False,
+        exclude_none: bool = False,
+        timeout_s: float | None = None,
     ) -> tuple[int, bytes]:
-        data = body.model_dump_json(exclude_unset=exclude_unset).encode() if body is not None else None
+        data = (
+            body.model_dump_json(exclude_unset=exclude_unset, exclude_none=exclude_none).encode()
+            if body is not None
+            else None
+        )
         headers = {"Content-Type": "application/json"} if data is not None else None
         url = self.base_url + path
+        # a call's own limit when given (a long poll), else the session's (None would mean no limit at all)
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s is not None else {}
         try:
             async with self._session_now().request(
-                method, url, data=data, headers=headers, params=params
+                method, url, data=data, headers=headers, params=params, **extra
             ) as resp:
                 payload = await resp.read()
                 status = resp.status
         except asyncio.TimeoutError:
+            limit = timeout_s if timeout_s is not None else self.timeout_s
             raise CommanderUnreachable(
-                f"commander at {self.base_url} did not answer {method} {path} within {self.timeout_s:g}s"
+                f"commander at {self.base_url} did not answer {method} {path} within {limit:g}s"
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise CommanderUnreachable(

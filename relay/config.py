@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SecretStr,
@@ -35,9 +34,11 @@ from pydantic import (
     model_validator,
 )
 
+from relay.config_speed import SpeedSettings
 from relay.ids import id_problem
 from relay.redact import MASK, SECRET_KEYS
 from relay.urls import check_repo_id, parse_remote_url
+from relay.worker.timing import margin_problem
 from relay.yamlio import YamlError, load_yaml
 
 CONFIG_PATH_ENV = "RELAY_RUN_CONFIG"
@@ -71,8 +72,8 @@ def _env(name: str) -> dict[str, Any]:
     return {"env": name}
 
 
-class WorkerConfig(BaseModel):
-    """What one worker needs to carry a run: where the commander is, what to train, where bytes go."""
+class WorkerConfig(SpeedSettings):
+    """What one worker needs to carry a run (and, from SpeedSettings, how fast it hands runs on)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
@@ -193,8 +194,8 @@ class WorkerConfig(BaseModel):
     renew_safety_margin_s: float = Field(
         5.0,
         gt=0,
-        description="Self-fence this long before the lease TTL would run out without a successful renewal "
-        "(capped at a third of the TTL), so the trainer is dead before anyone else may be granted the run.",
+        description="Self-fence this long before the lease TTL would run out without a successful renewal, so "
+        "the trainer is dead before anyone else may be granted it: >= kill_grace_s + 0.25 + 0.0005 x TTL.",
         json_schema_extra=_env("RENEW_SAFETY_MARGIN_S"),
     )
     report_interval_s: float = Field(
@@ -280,10 +281,7 @@ class WorkerConfig(BaseModel):
     @field_validator("run_id", "worker_id")
     @classmethod
     def _check_id(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        problem = id_problem(v)
-        if problem:
+        if v is not None and (problem := id_problem(v)):
             raise ValueError(f"{problem} (got {v!r})")
         return v
 
@@ -319,6 +317,8 @@ class WorkerConfig(BaseModel):
             object.__setattr__(self, "restart_backoff_max_s", self.restart_backoff_s)
         if self.acquire_backoff_max_s < self.acquire_backoff_s:
             object.__setattr__(self, "acquire_backoff_max_s", self.acquire_backoff_s)
+        if problem := margin_problem(self.renew_safety_margin_s, self.kill_grace_s):
+            raise ValueError(f"renew_safety_margin_s: {problem}")
         return self
 
     # --- helpers the worker uses -------------------------------------------------------------

@@ -20,8 +20,9 @@ __all__ = ["COMMANDER_EVENTS", "LEASE_END_EVENTS", "REPORTED_EVENTS", "WORKER_EV
 class EventName(str, Enum):
     """Every event a worker or the commander records in a run's timeline: the one list of names.
 
-    Workers report their progress (resumed, trainer_started, checkpoint_committed,
-    checkpoint_synced, sync_failed, hang_detected, trainer_restarted, final_published).  The lease events
+    Workers report their progress (remote_claimed, resumed, trainer_started, checkpoint_committed,
+    checkpoint_commit_failed, checkpoint_synced, sync_failed, hang_detected, trainer_restarted,
+    final_published) and remote_ahead (the run's storage is at or above the granted epoch).  The lease events
     (acquired, preempted, completed, failed, cancelled, fenced) are recorded by both sides, each
     from what it saw; lease_expired, cancel_requested and submitted by the commander alone.
     """
@@ -34,13 +35,17 @@ class EventName(str, Enum):
     cancelled = "cancelled"
     fenced = "fenced"
     # a worker's progress, reported to the commander
+    remote_claimed = "remote_claimed"  # the new holder recorded its epoch on the remote, before training
+    remote_ahead = "remote_ahead"  # the remote already holds an epoch at or above the grant's: not trained
     resumed = "resumed"
     trainer_started = "trainer_started"
     checkpoint_committed = "checkpoint_committed"
+    checkpoint_commit_failed = "checkpoint_commit_failed"
     checkpoint_synced = "checkpoint_synced"
     sync_failed = "sync_failed"
     hang_detected = "hang_detected"
     trainer_restarted = "trainer_restarted"
+    save_cadence = "save_cadence"  # the interval the worker asks the trainer for saves at, and why
     final_published = "final_published"  # the trainer's final export is on the remote (relay.ckpt.final)
     # the commander's alone
     lease_expired = "lease_expired"
@@ -53,13 +58,17 @@ _E = EventName  # short, for the sets below
 #: A worker reports these (``ReportRequest.event``); the commander stores them as they come.
 REPORTED_EVENTS = frozenset(
     {
+        _E.remote_claimed,
+        _E.remote_ahead,
         _E.resumed,
         _E.trainer_started,
         _E.checkpoint_committed,
+        _E.checkpoint_commit_failed,
         _E.checkpoint_synced,
         _E.sync_failed,
         _E.hang_detected,
         _E.trainer_restarted,
+        _E.save_cadence,
         _E.final_published,
     }
 )

@@ -43,6 +43,7 @@ from relay.wiretypes import (
     NonNegInt,
     RemoteUrl,
     Text,
+    WaitSeconds,
     WebhookUrl,
     finite_json,
 )
@@ -328,6 +329,11 @@ class AcquireRequest(_Request):
         "only with it may a worker id take back its own live lease at once; without it a live lease is "
         "held, whoever asks.",
     )
+    wait_s: WaitSeconds | None = Field(
+        None,
+        description="Long poll: a refusal (held, or no run waiting) is held up to this long, answered the moment "
+        "a release, expiry, submit or cancel makes the run grantable; omitted or 0: answer at once.",
+    )
 
 
 class AcquireGranted(_Response):
@@ -339,6 +345,9 @@ class AcquireGranted(_Response):
     renew_interval_s: float
     run: RunSummary
     spec: RunSpec | None = None
+    waited_s: float = Field(
+        0.0, description="Seconds a long poll was held: granted no earlier than its send + this."
+    )
 
 
 class AcquireDenied(_Response):

@@ -36,6 +36,9 @@ MetricFloat = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
 NonNegInt = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX), BeforeValidator(_integral)]
 Mode = Literal["sft", "rl"]
+#: The longest a long-polled acquire is held (``AcquireRequest.wait_s``), and that field's type.
+MAX_ACQUIRE_WAIT_S = 600.0
+WaitSeconds = Annotated[float, Strict(), Field(ge=0, le=MAX_ACQUIRE_WAIT_S, allow_inf_nan=False)]
 
 MAX_TEXT = 8192  # a message, a detail, a path: long enough for a traceback line, short enough for a DB row
 

@@ -13,7 +13,9 @@ The invariants, each with a name used in :class:`Violation`:
 - ``trainer_outlived``: a trainer still alive after every worker stopped.
 - ``trainer_without_lease``: a trainer ran under an epoch its worker was never granted.
 - ``epoch_order`` / ``duplicate_epoch``: grants (the commander's and the workers' own events) carry
-  strictly increasing epochs, never the same one twice; trainers start in non-decreasing epochs.
+  strictly increasing epochs, never the same one twice; trainers start in non-decreasing epochs.  A
+  commander whose state was wiped or replaced (``state_lost_*`` in the driver's log) starts a new era
+  of grants, checked on its own; trainers' epochs are checked across eras all the same.
 - ``stale_report_accepted``: the commander recorded a worker's report of epoch e after it granted a
   later epoch (a fenced-off worker's late report must be refused).
 - ``closed_run_granted``: a run trained again after it completed.
@@ -28,7 +30,17 @@ The invariants, each with a name used in :class:`Violation`:
   than one checkpoint interval. (On another volume the bound is ``resume_not_newest``: what the dead
   pod had not uploaded yet is gone with it; the figures report those losses separately.)
 - ``incomplete``: an expected run did not complete with the right final step everywhere.
-- ``worker_crash``: a worker exited with an unexpected code (internal error, failed run, config).
+- ``worker_crash``: a worker exited with an unexpected code (internal error, failed run, config); exit 4
+  is expected from a worker that carried a poisoned run or one whose commits all fail.
+- ``alive_after_grant``: a trainer of epoch e was still alive when the commander granted a later epoch
+  (no two trainers of one run alive under different epochs after the later grant).
+- ``stale_publish``: the remote published a checkpoint from an epoch older than one that had already
+  claimed it (seen in the remote's own state.json history, :class:`relay_testkit.chaos_worker_faults.RemoteWatcher`,
+  or in the workers' events: a ``checkpoint_synced`` at a revision after a newer ``remote_claimed``);
+  ``remote_epoch_regressed``: the remote's fencing epoch went down.
+- ``poisoned_run_open`` / ``commit_fail_run_open``: a run whose remote was poisoned did not end ``failed``
+  naming the remote's epoch (it looped, or trained under an epoch its storage had seen); a run whose
+  commits all fail ended otherwise than ``failed`` saying its final checkpoint was not committed.
 """
 
 from __future__ import annotations
@@ -50,8 +62,13 @@ FENCING_KINDS = frozenset(
         "duplicate_epoch",
         "stale_report_accepted",
         "closed_run_granted",
+        "alive_after_grant",
+        "stale_publish",
+        "remote_epoch_regressed",
     }
 )
+#: the remote epoch the chaos driver poisons a run's storage with (relay_testkit.chaos_worker_faults)
+POISON_EPOCH = 2**62
 #: How a lease ends in a worker's events.jsonl, and what workers report: the one classification of
 #: ``relay.schema`` (the checker reads the same names the worker writes and the commander records).
 END_EVENTS = LEASE_END_EVENTS
@@ -134,6 +151,14 @@ class ChaosReport:
     restarts_that_fenced: int = 0  # commander restarts after which some worker fenced itself
     fenced_by_cause: Counter[str] = field(default_factory=Counter)  # partition, commander_restart, other
     partitions: int = 0
+    faults: Counter[str] = field(default_factory=Counter)  # duplicate ids, state wipes, slow-client bursts
+    pauses: int = 0  # workers SIGSTOPped alone
+    output_blocks: int = 0  # workers whose stdout/stderr pipe stopped being read
+    poisoned_runs: int = 0
+    poisoned_ended_failed: int = 0
+    commit_fail_runs: int = 0
+    commit_fail_ended_failed: int = 0
+    remote_states_seen: int = 0
     trainers: int = 0
     epochs: int = 0
     duration_s: float = 0.0
@@ -174,6 +199,16 @@ class ChaosReport:
             "commander_restarts": self.commander_restarts,
             "commander_restarts_survived": self.commander_restarts - self.restarts_that_fenced,
             "partitions": self.partitions,
+            "commander_faults": dict(sorted(self.faults.items())),
+            "pauses": self.pauses,
+            "output_blocks": self.output_blocks,
+            "poisoned_runs": self.poisoned_runs,
+            "poisoned_runs_ended_failed": self.poisoned_ended_failed,
+            "commit_fail_runs": self.commit_fail_runs,
+            "commit_fail_runs_ended_failed": self.commit_fail_ended_failed,
+            "overlaps": sum(1 for v in self.violations if v.kind in ("overlap", "alive_after_grant")),
+            "stale_publishes": sum(1 for v in self.violations if v.kind == "stale_publish"),
+            "remote_states_seen": self.remote_states_seen,
             "fenced_by_cause": dict(sorted(self.fenced_by_cause.items())),
             "worker_exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items())},
         }
@@ -237,21 +272,18 @@ def check(
     max_steps: int,
     save_steps: int,
     actions: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    remote_history: dict[str, list[dict[str, Any]]] | None = None,
+    poisoned: dict[str, float] | None = None,
+    commit_fail_runs: list[str] = (),  # type: ignore[assignment]
 ) -> ChaosReport:
     """Check every invariant; the report holds the violations and the figures."""
     rep = ChaosReport()
-    v = rep.violations
     lives = build_lives(mock_records, deaths)
     rep.trainers = len(lives)
-    workers_by_id = {w["worker_id"]: w for w in workers}
-
-    for a in actions:
-        if a.get("action") == "signal" and not str(a.get("moment", "")).startswith("shutdown"):
-            rep.kills[f"{a['signal']}/{a.get('moment', 'random')}"] += 1
-        elif a.get("action") == "commander_up":
-            rep.commander_restarts += 1
-        elif a.get("action") == "partition":
-            rep.partitions += 1
+    workers_by_id = {(w["worker_id"], w.get("volume")): w for w in workers}  # duplicate ids: one per volume
+    eras = sorted(float(a["ts"]) for a in actions if a.get("action") == "state_lost_up")
+    poisoned = poisoned or {}
+    _count_actions(rep, actions)
 
     events_by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ev in worker_events:
@@ -259,21 +291,7 @@ def check(
     lives_by_run: dict[str, list[Life]] = defaultdict(list)
     for life in lives:
         lives_by_run[life.run_id].append(life)
-
-    for w in workers:
-        code = w.get("exit_code")
-        rep.exit_codes[code if code is not None else 999] += 1
-        # SIGTERM's default action (before the worker installed its handler, or after it removed it on
-        # the way out) is harmless only while the worker holds no lease
-        mine = [e for e in worker_events if e.get("worker_id") == w["worker_id"]]
-        held = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") == "acquired"}
-        ended = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") in END_EVENTS}
-        ok = code in (0, 3, -9) or (code == -15 and held <= ended)
-        if not ok:
-            tail = _tail(Path(w["log_path"]))
-            v.append(
-                Violation("worker_crash", w.get("run_id"), f"worker {w['worker_id']} exited {code}: {tail}")
-            )
+    _check_workers(rep, workers, worker_events, set(poisoned) | set(commit_fail_runs))
 
     for run_id in sorted(set(events_by_run) | set(lives_by_run) | set(expected_runs)):
         _check_run(
@@ -284,23 +302,164 @@ def check(
             commander_runs.get(run_id),
             workers_by_id,
             save_steps,
+            eras,
+            commits=run_id not in commit_fail_runs,
         )
+        _check_storage(rep, run_id, (remote_history or {}).get(run_id, []), events_by_run.get(run_id, []))
 
-    rep.runs_expected = len(expected_runs)
-    for run_id in expected_runs:
+    special = set(poisoned) | set(commit_fail_runs)
+    normal = [r for r in expected_runs if r not in special]
+    rep.runs_expected = len(normal)
+    for run_id in normal:
+        detail = commander_runs.get(run_id)
+        if detail is None and _completed_before_state_loss(events_by_run.get(run_id, []), eras):
+            detail = {"status": "completed", "step": max_steps, "latest_checkpoint": {"step": max_steps}}
         problems = _completion(
             run_id,
             lives_by_run.get(run_id, []),
-            commander_runs.get(run_id),
+            detail,
             remote_states.get(run_id),
             max_steps,
         )
         if problems:
-            v.append(Violation("incomplete", run_id, "; ".join(problems)))
+            rep.violations.append(Violation("incomplete", run_id, "; ".join(problems)))
         else:
             rep.runs_completed += 1
+    _check_special_ends(rep, commander_runs, poisoned, list(commit_fail_runs))
     _attribute_fences(rep, worker_events, list(actions))
     return rep
+
+
+def _count_actions(rep: ChaosReport, actions: list[dict[str, Any]]) -> None:
+    counters = {"commander_up": "commander_restarts", "partition": "partitions", "pause": "pauses"}
+    counters["block_output"] = "output_blocks"
+    for a in actions:
+        kind = a.get("action")
+        if kind == "signal" and not str(a.get("moment", "")).startswith("shutdown"):
+            rep.kills[f"{a['signal']}/{a.get('moment', 'random')}"] += 1
+        elif kind in counters:
+            setattr(rep, counters[kind], getattr(rep, counters[kind]) + 1)
+        elif kind in ("duplicate_worker_id", "slow_clients", "state_lost_up"):
+            rep.faults[f"{kind}/{a['mode']}" if a.get("mode") else str(kind)] += 1
+
+
+def _check_workers(
+    rep: ChaosReport, workers: list[dict[str, Any]], worker_events: list[dict[str, Any]], special: set[str]
+) -> None:
+    """Every worker exited as a worker may: done, fenced, killed; failed only on a run built to fail."""
+    for w in workers:
+        code = w.get("exit_code")
+        rep.exit_codes[code if code is not None else 999] += 1
+        # SIGTERM's default action (before the worker installed its handler, or after it removed it on
+        # the way out) is harmless only while the worker holds no lease
+        mine = [
+            e
+            for e in worker_events
+            if e.get("worker_id") == w["worker_id"] and e.get("_volume") == w.get("volume", e.get("_volume"))
+        ]
+        held = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") == "acquired"}
+        ended = {(e.get("run_id"), e.get("epoch")) for e in mine if e.get("event") in END_EVENTS}
+        carried = {str(r) for r, _e in held} | ({w["run_id"]} if w.get("run_id") else set())
+        ok = code in (0, 3, -9) or (code == -15 and held <= ended) or (code == 4 and carried & special)
+        if not ok:
+            tail = _tail(Path(w["log_path"]))
+            rep.violations.append(
+                Violation("worker_crash", w.get("run_id"), f"worker {w['worker_id']} exited {code}: {tail}")
+            )
+
+
+def _check_storage(
+    rep: ChaosReport, run_id: str, history: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> None:
+    """No publish from an epoch older than one that claimed the remote first, and no epoch going down:
+    from the remote's own state.json history, and from the workers' claim and sync events."""
+    v = rep.violations
+    rep.remote_states_seen += len(history)
+    top, prev = -1, None
+    for seen in history:
+        epoch, step_epoch = int(seen.get("epoch") or 0), seen.get("step_epoch")
+        published = prev is not None and (seen.get("step"), seen.get("manifest_sha256")) != (
+            prev.get("step"),
+            prev.get("manifest_sha256"),
+        )
+        if epoch < top:
+            v.append(
+                Violation(
+                    "remote_epoch_regressed", run_id, f"remote epoch went from {top} to {epoch}: {seen}"
+                )
+            )
+        if published and seen.get("step") is not None and step_epoch is not None and int(step_epoch) < top:
+            v.append(
+                Violation(
+                    "stale_publish",
+                    run_id,
+                    f"step {seen.get('step')} published by epoch {step_epoch} (revision {seen.get('revision')}) "
+                    f"after the remote was claimed at epoch {top}",
+                )
+            )
+        top, prev = max(top, epoch), seen
+    claims = [
+        (int(e["epoch"]), _rev(e)) for e in events if e.get("event") == "remote_claimed" and _rev(e) >= 0
+    ]
+    for e in events:
+        if e.get("event") != "checkpoint_synced" or e.get("noop") or _rev(e) < 0:
+            continue
+        newer = [(ep, rev) for ep, rev in claims if ep > int(e["epoch"]) and rev < _rev(e)]
+        if newer:
+            v.append(
+                Violation(
+                    "stale_publish",
+                    run_id,
+                    f"epoch {e['epoch']} synced step {e.get('step')} at revision {_rev(e)}, after epoch "
+                    f"{newer[0][0]} claimed the remote at revision {newer[0][1]}",
+                )
+            )
+
+
+def _rev(event: dict[str, Any]) -> int:
+    """A file:// remote's revision (a counter) from an event, or -1 (none, or a Hub commit sha)."""
+    rev = event.get("revision")
+    return int(rev) if isinstance(rev, (int, str)) and str(rev).isdigit() else -1
+
+
+def _check_special_ends(
+    rep: ChaosReport,
+    runs: dict[str, dict[str, Any]],
+    poisoned: dict[str, float],
+    commit_fail_runs: list[str],
+) -> None:
+    """A poisoned run ends failed naming its remote's epoch (or had completed before the poison); a run
+    whose commits all fail ends failed saying its final checkpoint was not committed."""
+    for run_id, when in sorted(poisoned.items()):
+        rep.poisoned_runs += 1
+        detail = runs.get(run_id) or {}
+        done_before = detail.get("status") == "completed" and any(
+            e.get("name") == "completed" and float(e["ts"]) < when for e in detail.get("events") or []
+        )
+        if detail.get("status") == "failed" and str(POISON_EPOCH) in str(detail.get("detail")):
+            rep.poisoned_ended_failed += 1
+        elif not done_before:
+            rep.violations.append(
+                Violation(
+                    "poisoned_run_open",
+                    run_id,
+                    f"status {detail.get('status')} ({str(detail.get('detail'))[:300]}) after its remote was "
+                    f"poisoned at epoch {POISON_EPOCH}",
+                )
+            )
+    for run_id in commit_fail_runs:
+        rep.commit_fail_runs += 1
+        detail = runs.get(run_id) or {}
+        if detail.get("status") == "failed" and "was not committed" in str(detail.get("detail")):
+            rep.commit_fail_ended_failed += 1
+        else:
+            rep.violations.append(
+                Violation(
+                    "commit_fail_run_open",
+                    run_id,
+                    f"status {detail.get('status')} ({str(detail.get('detail'))[:300]}): every commit failed",
+                )
+            )
 
 
 def _attribute_fences(
@@ -310,20 +469,23 @@ def _attribute_fences(
     a worker that could not renew on a healthy loopback). A restart after which a worker fenced itself
     was not survived: the promise is that an outage shorter than the margin is ridden through."""
     ttl = max((float(a.get("ttl_s", 0)) for a in actions if a.get("action") == "settings"), default=0.0)
-    cuts: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for a in actions:
-        if a.get("action") == "partition":
-            heal = next(
+    # a worker's own faults, as (start action, end action, cause): its link cut, it stopped, its output stalled
+    kinds = [("partition", "heal", "partition"), ("pause", "resume", "pause")]
+    kinds.append(("block_output", "unblock_output", "blocked_output"))
+    cuts: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for start, end, cause in kinds:
+        for a in actions:
+            if a.get("action") != start:
+                continue
+            until = next(
                 (
                     h["ts"]
                     for h in actions
-                    if h.get("action") == "heal"
-                    and h.get("worker_id") == a["worker_id"]
-                    and h["ts"] >= a["ts"]
+                    if h.get("action") == end and h.get("worker_id") == a["worker_id"] and h["ts"] >= a["ts"]
                 ),
                 float("inf"),
             )
-            cuts[a["worker_id"]].append((a["ts"], heal))
+            cuts[a["worker_id"]].append((a["ts"], until, cause))
     outages: list[tuple[float, float]] = []
     for a in actions:
         if a.get("action") == "commander_kill":
@@ -332,14 +494,25 @@ def _attribute_fences(
                 float("inf"),
             )
             outages.append((a["ts"], up))
+    lost: list[tuple[float, float]] = []
+    for a in actions:
+        if a.get("action") == "state_lost_kill":
+            up = next(
+                (u["ts"] for u in actions if u.get("action") == "state_lost_up" and u["ts"] >= a["ts"]),
+                float("inf"),
+            )
+            lost.append((a["ts"], up))
     fenced_restarts: set[float] = set()
     for ev in worker_events:
         if ev.get("event") != "fenced":
             continue
         ts = float(ev["ts"])
         window = max(ttl, 3.0)  # a fence follows its cause by at most ttl - margin (+ a kill grace)
-        if any(start <= ts <= end + window for start, end in cuts.get(str(ev.get("worker_id")), [])):
-            cause = "partition"
+        own = [c for start, end, c in cuts.get(str(ev.get("worker_id")), []) if start <= ts <= end + window]
+        if own:
+            cause = own[0]
+        elif any(start <= ts <= end + window for start, end in lost):
+            cause = "state_lost"  # its holder learns on its next renew: the new state does not know it
         else:
             hit = [start for start, end in outages if start <= ts <= end + window]
             cause = "commander_restart" if hit else "other"
@@ -365,9 +538,14 @@ def _check_run(
     lives: list[Life],
     events: list[dict[str, Any]],
     detail: dict[str, Any] | None,
-    workers: dict[str, dict[str, Any]],
+    workers: dict[tuple[str, str], dict[str, Any]],
     save_steps: int,
+    eras: list[float] = (),  # type: ignore[assignment]
+    *,
+    commits: bool = True,
 ) -> None:
+    """The run's invariants; ``commits=False`` for a run built so that no checkpoint ever commits (what
+    an epoch resumes from and loses is then no promise the relay can keep)."""
     v = rep.violations
     lives = sorted(lives, key=lambda life: life.start_ts)
 
@@ -394,6 +572,7 @@ def _check_run(
         death = life.death_ts if life.death_ts is not None else float("inf")
         if death >= latest_death:
             latest_death, latest_who = death, f"pid {life.pid} (epoch {life.epoch}, {life.worker_id})"
+    _alive_after_grant(v, run_id, lives, detail)
     for prev, nxt in zip(lives, lives[1:], strict=False):
         if nxt.epoch < prev.epoch:
             v.append(
@@ -406,13 +585,15 @@ def _check_run(
 
     # -- grants: strictly increasing epochs, none twice (workers' events and the commander's)
     acquired = sorted((e for e in events if e.get("event") == "acquired"), key=lambda e: e["ts"])
-    _strictly_increasing(v, run_id, [(e["epoch"], e["worker_id"]) for e in acquired], "worker events")
+    for era in _by_era(acquired, eras):
+        _strictly_increasing(v, run_id, [(e["epoch"], e["worker_id"]) for e in era], "worker events")
     grant_of: dict[int, dict[str, Any]] = {}
     for e in acquired:
         grant_of.setdefault(int(e["epoch"]), e)
     if detail is not None:
         cmd_events = detail.get("events") or []
         cmd_acq = sorted((e for e in cmd_events if e.get("name") == "acquired"), key=lambda e: e["ts"])
+        cmd_acq = _by_era(cmd_acq, eras)[-1]  # the commander's timeline starts again with its state
         _strictly_increasing(
             v, run_id, [(e["epoch"], e.get("worker_id")) for e in cmd_acq], "commander events"
         )
@@ -460,7 +641,8 @@ def _check_run(
             for e in events
             if e.get("epoch") == epoch and e.get("worker_id") == worker_id and e.get("event") in END_EVENTS
         ]
-        end = _end_of(ends, workers.get(worker_id, {}))
+        worker = workers.get((worker_id, group[0].volume)) or workers.get((worker_id, None), {})
+        end = _end_of(ends, worker)
         rep.ends[end] += 1
         segments.append(
             Segment(run_id, epoch, worker_id, group[0].volume, group, grant["ts"] if grant else None, end)
@@ -468,6 +650,8 @@ def _check_run(
         _check_resume(v, run_id, group, events, lives)
     rep.epochs += len({int(e["epoch"]) for e in acquired})
 
+    if not commits:
+        return
     # -- what each new epoch resumed from, against what the previous one reached and what was durable
     synced = [
         (int(e["step"]), float(e["ts"]))
@@ -525,6 +709,42 @@ def _check_run(
                     "durable (synced, or complete on its volume) when it was granted",
                 )
             )
+
+
+def _alive_after_grant(
+    v: list[Violation], run_id: str, lives: list[Life], detail: dict[str, Any] | None
+) -> None:
+    """Every trainer was seen dead before the commander granted a later epoch of its run."""
+    grants = [
+        (int(e["epoch"]), float(e["ts"]))
+        for e in (detail or {}).get("events") or []
+        if e.get("name") == "acquired"
+    ]
+    for life in lives:
+        later = [ts for epoch, ts in grants if epoch > life.epoch]
+        if later and (life.death_ts is None or life.death_ts >= min(later)):
+            dead = "never seen dead" if life.death_ts is None else f"seen dead at {life.death_ts:.3f}"
+            v.append(
+                Violation(
+                    "alive_after_grant",
+                    run_id,
+                    f"trainer pid {life.pid} (epoch {life.epoch}, {life.worker_id}) {dead}, but epoch "
+                    f"{min(e for e, ts in grants if e > life.epoch)} was granted at {min(later):.3f}",
+                )
+            )
+
+
+def _by_era(events: list[dict[str, Any]], eras: list[float]) -> list[list[dict[str, Any]]]:
+    """Grants split at each restart of the commander on a lost state (their epochs may start again)."""
+    out: list[list[dict[str, Any]]] = [[]]
+    bounds = iter(eras)
+    bound = next(bounds, None)
+    for e in events:
+        while bound is not None and float(e["ts"]) >= bound:
+            out.append([])
+            bound = next(bounds, None)
+        out[-1].append(e)
+    return out
 
 
 def _strictly_increasing(v: list[Violation], run_id: str, grants: list[tuple[int, Any]], where: str) -> None:
@@ -624,6 +844,13 @@ def _check_resume(
             )
 
 
+def _completed_before_state_loss(events: list[dict[str, Any]], eras: list[float]) -> bool:
+    """The run was released as completed, and then the commander lost its state (so it cannot know it):
+    its remote and its trainers still have to show it whole."""
+    done = [float(e["ts"]) for e in events if e.get("event") == "completed" and e.get("released")]
+    return bool(done) and any(min(done) < era for era in eras)
+
+
 def _completion(
     run_id: str,
     lives: list[Life],
@@ -668,6 +895,9 @@ def check_artifacts(art: Any) -> ChaosReport:
         max_steps=art.settings.max_steps,
         save_steps=art.settings.save_steps,
         actions=art.actions,
+        remote_history=art.remote_history,
+        poisoned=art.poisoned,
+        commit_fail_runs=art.commit_fail_runs,
     )
     rep.duration_s = art.finished_ts - art.started_ts
     return rep

@@ -38,6 +38,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay_testkit import chaos_faults
+from relay_testkit.chaos_faults import with_fd_limit
+from relay_testkit.chaos_worker_faults import (
+    POISON_EPOCH,
+    OutputPump,
+    RemoteWatcher,
+    commit_fail_train,
+    poison_remote_state,
+)
 from relay_testkit.commander_proc import CommanderProcess
 from relay_testkit.tcp_proxy import TcpProxy
 
@@ -239,6 +248,23 @@ class ChaosSettings:
     partition_weight: float = 0.0  # relative weight of "cut a worker's link to the commander"
     partition_s: tuple[float, float] = (0.5, 4.0)
     new_runs: bool = False  # soak: start a fresh run whenever one completes
+    # the commander-side faults of relay_testkit.chaos_faults (relative weights, like the two above)
+    duplicate_id_weight: float = 0.0  # start a second worker with a live holder's WORKER_ID
+    state_wipe_weight: float = 0.0  # kill -9 the commander and delete its state, or restore an old copy
+    slow_clients_weight: float = 0.0  # a burst of never-finishing connections against the commander
+    slow_clients: int = 300
+    slow_clients_s: tuple[float, float] = (3.0, 8.0)
+    commander_fd_limit: int | None = None  # the commander's open-file limit (a small machine)
+    commander_args: tuple[str, ...] = ()
+    kill_weight: float = 1.0  # relative weight of "SIGKILL or SIGTERM a worker at a chosen moment"
+    pause_weight: float = 0.0  # SIGSTOP a worker alone (its trainer and guard run on), SIGCONT after pause_s
+    pause_s: tuple[float, float] = (4.0, 6.0)  # longer than the TTL: its lease ends while it is stopped
+    block_output_weight: float = 0.0  # stop reading a worker's stdout/stderr (workers log through a pipe)
+    block_output_s: tuple[float, float] = (4.0, 6.0)
+    poison_weight: float = 0.0  # replace an open run's remote state.json with one at POISON_EPOCH
+    poison_max: int = 1  # runs poisoned at most in one chaos run
+    commit_fail_runs: int = 0  # runs submitted with a train: block whose checkpoints can never be committed
+    commit_fail_steps: int = 30  # how long those train (they end failed, never completed)
     seed: int = 0
     secret: str = "chaos-secret"
 
@@ -265,6 +291,8 @@ class WorkerHandle:
     proc: subprocess.Popen[bytes]
     started_ts: float
     proxy: TcpProxy | None = None
+    pump: OutputPump | None = None  # its stdout/stderr through a pipe a fault can stall
+    paused: bool = False
     exit_code: int | None = None
     exited_ts: float | None = None
     signals: list[tuple[float, str]] = field(default_factory=list)
@@ -313,6 +341,9 @@ class ChaosArtifacts:
     commander_restarts: int
     started_ts: float
     finished_ts: float
+    remote_history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # RemoteWatcher
+    poisoned: dict[str, float] = field(default_factory=dict)  # run -> when its remote was poisoned
+    commit_fail_runs: list[str] = field(default_factory=list)
 
     def worker_events(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -341,16 +372,22 @@ class ChaosCluster:
         self.s = settings
         self.remote_dir = self.workdir / "remote"
         self.volumes = [self.workdir / f"vol-{i}" for i in range(settings.volumes)]
+        limit = settings.commander_fd_limit
         self.commander = CommanderProcess(
             self.workdir / "commander.db",
             secret=settings.secret,
             lease_ttl_s=settings.ttl_s,
             log_path=self.workdir / "commander.log",
+            extra_args=settings.commander_args,
+            wrap=(lambda argv: with_fd_limit(argv, limit)) if limit else None,
         )
         self.watcher = PidWatcher()
+        self.remote_watcher = RemoteWatcher(self.remote_dir)
         self.workers: list[WorkerHandle] = []
         self.actions: list[dict[str, Any]] = []
         self.commander_restarts = 0
+        self.poisoned: dict[str, float] = {}
+        self.commit_fail_runs: list[str] = []
         self._seq = 0
         self.started_ts = time.time()
 
@@ -360,6 +397,7 @@ class ChaosCluster:
             d.mkdir(parents=True, exist_ok=True)
         self.commander.start()
         self.watcher.start()
+        self.remote_watcher.start()
         self.note("settings", **{k: v for k, v in asdict(self.s).items() if k != "secret"})
         return self
 
@@ -367,15 +405,20 @@ class ChaosCluster:
         for w in self.workers:
             if w.poll() is None:
                 with contextlib.suppress(OSError):
+                    w.proc.send_signal(signal.SIGCONT)  # a paused worker, too
                     w.proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     w.proc.wait(10)
                 w.poll()
             if w.proxy is not None:
                 w.proxy.close()
+            if w.pump is not None:
+                w.pump.unblock()
         self.commander.close()
         with contextlib.suppress(Exception):
             self.watcher.stop()
+        with contextlib.suppress(Exception):
+            self.remote_watcher.stop()
 
     def __enter__(self) -> ChaosCluster:
         return self.start()
@@ -439,36 +482,44 @@ class ChaosCluster:
         volume: Path | None = None,
         via_proxy: bool = False,
         extra_env: dict[str, str] | None = None,
+        worker_id: str | None = None,
     ) -> WorkerHandle:
-        """Start ``relayctl worker`` for ``run_id`` (None: pool mode) on a free volume."""
+        """Start ``relayctl worker`` for ``run_id`` (None: pool mode) on a free volume; ``worker_id`` reuses
+        an id (a duplicate: its logs are still its own, named by the process's sequence number)."""
         if volume is None:
             free = self.free_volumes()
             if not free:
                 raise RuntimeError("no free volume")
             volume = free[0]
         self._seq += 1
-        worker_id = f"w{self._seq:03d}"
+        handle_name = f"w{self._seq:03d}"
+        worker_id = worker_id or handle_name
         proxy = None
         url = self.commander.url
         if via_proxy:
             proxy = TcpProxy(self.commander.host, self.commander.port).start()
             url = proxy.url
         env = self.worker_env(worker_id, volume, run_id, url)
+        env["RELAY_MOCK_LOG"] = str(self.workdir / "mock" / f"{handle_name}.jsonl")
         env.update(extra_env or {})
         mock_log = Path(env["RELAY_MOCK_LOG"])
-        log_path = self.workdir / "logs" / f"{worker_id}.log"
+        log_path = self.workdir / "logs" / f"{handle_name}.log"
         handle: list[WorkerHandle] = []
         self.watcher.watch_log(mock_log, worker_id, lambda: not handle or handle[0].exit_code is None)
+        pump, out = OutputPump.pipe(log_path) if self.s.block_output_weight > 0 else (None, None)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "relay.cli", "worker"],
                 cwd=REPO_ROOT,
                 env=env,
-                stdout=log,
+                stdout=log if out is None else out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        if out is not None:
+            os.close(out)
         w = WorkerHandle(worker_id, volume, run_id, mock_log, log_path, proc, time.time(), proxy)
+        w.pump = pump.start(proc.pid) if pump is not None else None
         handle.append(w)
         self.workers.append(w)
         self.note(
@@ -485,8 +536,51 @@ class ChaosCluster:
         w.signals.append((time.time(), sig.name))
         self.note("signal", worker_id=w.worker_id, signal=sig.name, trainers=held, **fields)
 
+    def pause_worker(self, w: WorkerHandle, seconds: float) -> None:
+        """SIGSTOP the worker process alone: its trainer and the trainer's guard run on."""
+        if w.poll() is not None or w.paused:
+            return
+        held = [(t.run_id, t.epoch) for t in self.watcher.alive_of(w.worker_id)]
+        with contextlib.suppress(ProcessLookupError):
+            w.proc.send_signal(signal.SIGSTOP)
+        w.paused = True
+        self.note("pause", worker_id=w.worker_id, seconds=round(seconds, 2), trainers=held)
+
+    def resume_worker(self, w: WorkerHandle) -> None:
+        if w.paused:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGCONT)
+            w.paused = False
+            self.note("resume", worker_id=w.worker_id)
+        if w.pump is not None and w.pump.blocked:
+            w.pump.unblock()
+            self.note("unblock_output", worker_id=w.worker_id)
+
+    def block_output(self, w: WorkerHandle, seconds: float) -> None:
+        """Stop reading the worker's stdout/stderr and fill the pipe: its next log line blocks."""
+        if w.pump is None or w.poll() is not None:
+            return
+        held = [(t.run_id, t.epoch) for t in self.watcher.alive_of(w.worker_id)]
+        if w.pump.block():
+            self.note("block_output", worker_id=w.worker_id, seconds=round(seconds, 2), trainers=held)
+
+    def poison(self, run_id: str) -> None:
+        """A run's remote state.json at POISON_EPOCH, as if its storage had seen an epoch nobody granted."""
+        poison_remote_state(self.remote_dir, run_id)
+        self.poisoned[run_id] = time.time()
+        self.note("poison", run_id=run_id, epoch=POISON_EPOCH)
+
+    def submit_commit_fail_run(self, run_id: str) -> None:
+        """A run whose every checkpoint the worker refuses to commit (submitted with its own train: block)."""
+        train = commit_fail_train({**self.s.train_block(), "max_steps": self.s.commit_fail_steps})
+        self.api("/api/runs", method="POST", body={"run_id": run_id, "mode": "sft", "train": train})
+        self.commit_fail_runs.append(run_id)
+        self.note("commit_fail_run", run_id=run_id)
+
     def stop_all_workers(self, timeout_s: float = 30.0) -> None:
         """SIGTERM every live worker (graceful: they hand their runs on) and wait; SIGKILL stragglers."""
+        for w in self.live_workers():
+            self.resume_worker(w)
         for w in self.live_workers():
             self.signal_worker(w, signal.SIGTERM, moment="shutdown")
         deadline = time.monotonic() + timeout_s
@@ -552,6 +646,9 @@ class ChaosCluster:
             commander_restarts=self.commander_restarts,
             started_ts=self.started_ts,
             finished_ts=time.time(),
+            remote_history=self.remote_watcher.stop(),
+            poisoned=dict(self.poisoned),
+            commit_fail_runs=list(self.commit_fail_runs),
         )
 
 
@@ -581,8 +678,12 @@ class ChaosDriver:
         self.completed: set[str] = set()
         self.pending: _PendingKill | None = None
         self.partitions: list[tuple[WorkerHandle, float]] = []  # (worker, heal at)
+        self.stalled: list[tuple[WorkerHandle, float]] = []  # paused or output-blocked (worker, resume at)
+        self.done: set[str] = set()  # the kinds of fault injected so far
         self.kills = 0
         self.adding_runs = self.s.new_runs
+        self.flood: chaos_faults.SlowFlood | None = None
+        self.backup: Path | None = None
 
     # -- helpers --------------------------------------------------------------------------------------
     def _open_runs(self) -> list[str]:
@@ -592,8 +693,8 @@ class ChaosDriver:
         statuses = self.c.run_statuses()
         if statuses is None:
             return
-        for run_id, status in statuses.items():
-            if status in ("completed", "cancelled") and run_id not in self.completed:
+        for run_id, status in statuses.items():  # failed: a poisoned or never-committing run (or a bug)
+            if status in ("completed", "cancelled", "failed") and run_id not in self.completed:
                 self.completed.add(run_id)
                 self.log(f"{run_id} {status}")
                 if self.adding_runs:
@@ -620,20 +721,40 @@ class ChaosDriver:
             self.c.spawn_worker(run_id, volume=volume, via_proxy=via_proxy)
 
     def _holders(self) -> list[WorkerHandle]:
-        return [w for w in self.c.live_workers() if self.c.watcher.alive_of(w.worker_id) and not w.signals]
+        return [
+            w
+            for w in self.c.live_workers()
+            if self.c.watcher.alive_of(w.worker_id)
+            and not w.signals
+            and not w.paused
+            and not (w.pump is not None and w.pump.blocked)
+        ]
 
     def _pick_action(self) -> str:
         weights = {
-            "kill": 1.0,
+            "kill": self.s.kill_weight,
             "commander_restart": self.s.commander_restart_weight,
             "partition": self.s.partition_weight,
+            "duplicate_id": self.s.duplicate_id_weight,
+            "state_wipe": self.s.state_wipe_weight,
+            "slow_clients": self.s.slow_clients_weight,
+            "pause": self.s.pause_weight,
+            "block_output": self.s.block_output_weight,
+            "poison": self.s.poison_weight if len(self.c.poisoned) < self.s.poison_max else 0.0,
         }
         names = [k for k, v in weights.items() if v > 0]
+        fresh = [k for k in names if k not in self.done]  # every enabled fault is injected once first
+        if fresh:
+            return self.rng.choice(fresh)
         return self.rng.choices(names, weights=[weights[n] for n in names])[0]
 
     def _arm_kill(self) -> None:
         holders = self._holders()
-        candidates = holders or [w for w in self.c.live_workers() if not w.signals]
+        # a stalled worker is left to its stall (killing it would be another fault)
+        idle = [
+            w for w in self.c.live_workers() if not w.signals and not any(w is p for p, _ in self.stalled)
+        ]
+        candidates = holders or idle
         if not candidates:
             return
         w = self.rng.choice(sorted(candidates, key=lambda h: h.worker_id))
@@ -684,8 +805,51 @@ class ChaosDriver:
         self.partitions.append((w, time.monotonic() + length))
         self.c.note("partition", worker_id=w.worker_id, mode=mode, seconds=round(length, 2))
 
+    def _stall(self, kind: str) -> bool:
+        """Pause a worker holding a run (SIGSTOP), or stall its output, for a while."""
+        cands = [w for w in self._holders() if kind == "pause" or w.pump is not None]
+        if not cands:
+            return False
+        w = self.rng.choice(sorted(cands, key=lambda h: h.worker_id))
+        length = self.rng.uniform(*(self.s.pause_s if kind == "pause" else self.s.block_output_s))
+        if kind == "pause":
+            self.c.pause_worker(w, length)
+        else:
+            self.c.block_output(w, length)
+        self.stalled.append((w, time.monotonic() + length))
+        return True
+
+    def _poison(self) -> bool:
+        taken = set(self.c.poisoned) | set(self.c.commit_fail_runs)
+        cands = sorted(r for r in self._open_runs() if r not in taken)
+        if cands:
+            self.c.poison(self.rng.choice(cands))
+        return bool(cands)
+
+    def _act(self, action: str, now: float) -> None:
+        done = True
+        if action == "kill":
+            self._arm_kill()
+        elif action == "commander_restart":
+            outage = self.c.restart_commander()
+            self.log(f"commander restarted (outage {outage:.2f}s)")
+        elif action == "partition":
+            self._partition()
+        elif action in ("pause", "block_output"):
+            done = self._stall(action)
+        elif action == "poison":
+            done = self._poison()
+        else:
+            self._commander_fault(action, now)
+        if done:
+            self.done.add(action)
+
     def _heal_due(self, force: bool = False) -> None:
         now = time.monotonic()
+        for w, at in list(self.stalled):
+            if force or now >= at:
+                self.c.resume_worker(w)
+                self.stalled.remove((w, at))
         for w, at in list(self.partitions):
             if force or now >= at:
                 if w.proxy is not None:
@@ -693,9 +857,39 @@ class ChaosDriver:
                 self.c.note("heal", worker_id=w.worker_id)
                 self.partitions.remove((w, at))
 
+    def _commander_fault(self, action: str, now: float) -> None:
+        """One of relay_testkit.chaos_faults: a duplicate worker id, a lost state, a slow-client burst."""
+        if action == "duplicate_id":
+            holders = self._holders()
+            if holders:
+                chaos_faults.spawn_duplicate(
+                    self.c, self.rng.choice(sorted(holders, key=lambda h: h.worker_id))
+                )
+        elif action == "state_wipe":
+            if self.backup is None or self.rng.random() < 0.5:  # the next restore puts back an older copy
+                self.backup = chaos_faults.backup_state(self.c)
+                mode = "delete"
+            else:
+                mode = "restore"
+            outage = chaos_faults.wipe_state(self.c, mode, self.backup)
+            self.backup = None if mode == "restore" else self.backup
+            self.log(f"commander state {mode}d (outage {outage:.2f}s)")
+        elif action == "slow_clients" and self.flood is None:
+            seconds = self.rng.uniform(*self.s.slow_clients_s)
+            self.flood = chaos_faults.SlowFlood(self.c, self.s.slow_clients, seconds).start(now)
+
+    def _end_flood(self, force: bool = False) -> None:
+        if self.flood is not None and (force or time.monotonic() >= self.flood.until):
+            stats = self.flood.stop()
+            self.log(f"slow clients gone: {stats}")
+            self.flood = None
+
     # -- phases ---------------------------------------------------------------------------------------
     def run(self) -> ChaosArtifacts:
         s = self.s
+        for i in range(s.commit_fail_runs):  # submitted with their spec: every worker trains them alike
+            self.c.submit_commit_fail_run(f"commit-fail-{i:03d}")
+            self.runs.append(f"commit-fail-{i:03d}")
         # the first wave names every run, so that each exists before pool workers look for one
         for i in range(s.workers):
             self.c.spawn_worker(self.runs[i % len(self.runs)], volume=self.c.volumes[i])
@@ -708,16 +902,10 @@ class ChaosDriver:
                 self._refresh()
                 last_refresh = now
             self._heal_due()
+            self._end_flood()
             self._fire_pending()
             if self.pending is None and now >= next_action:
-                action = self._pick_action()
-                if action == "kill":
-                    self._arm_kill()
-                elif action == "commander_restart":
-                    outage = self.c.restart_commander()
-                    self.log(f"commander restarted (outage {outage:.2f}s)")
-                else:
-                    self._partition()
+                self._act(self._pick_action(), now)
                 next_action = now + self.rng.uniform(*s.action_every_s)
             self._fill(allow_pool=True)
             time.sleep(0.01)
@@ -725,6 +913,7 @@ class ChaosDriver:
             self.pending.deadline = 0.0
             self._fire_pending()
         self._heal_due(force=True)
+        self._end_flood(force=True)
         self.c.note("chaos_end", kills=self.kills)
         self.log(f"chaos phase over: {self.kills} kills; draining")
         drain_end = time.monotonic() + s.drain_timeout_s

@@ -63,6 +63,7 @@ class CommanderProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.state_path = Path(state_path)
         self.secret = secret
@@ -72,6 +73,7 @@ class CommanderProcess:
         self.extra_args = list(extra_args)
         self.env = env
         self.log_path = Path(log_path) if log_path else self.state_path.with_suffix(".commander.log")
+        self.wrap = wrap  # e.g. relay_testkit.mountns.wrapped: the command run inside another command
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -112,7 +114,8 @@ class CommanderProcess:
         ]
         if self.lease_ttl_s is not None:
             cmd += ["--lease-ttl", str(self.lease_ttl_s)]
-        return cmd + self.extra_args
+        cmd += self.extra_args
+        return self.wrap(cmd) if self.wrap is not None else cmd
 
     def start(self, timeout_s: float = 20.0) -> CommanderProcess:
         """Start (or start again) and wait until ``GET /api/health`` answers 200."""

@@ -41,7 +41,10 @@ class WorkerProc:
         train: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        fast_settings: bool = True,
     ) -> None:
+        """``fast_settings``: the quick backoffs, grace and margins tests use; False keeps every worker
+        default (the handoff benchmark measures the worker as shipped)."""
         self.root = Path(root)
         self.run_id = run_id
         self.worker_id = worker_id
@@ -55,15 +58,9 @@ class WorkerProc:
             RELAY_ROOT=str(self.root),
             RELAY_TRAINER="mock",
             TRAIN=json.dumps(train or {}),
-            RENEW_SAFETY_MARGIN_S="1",
-            REPORT_INTERVAL_S="0.5",
-            ACQUIRE_BACKOFF_S="0.1",
-            ACQUIRE_BACKOFF_MAX_S="0.3",
-            COMMANDER_WAIT_S="20",
-            KILL_GRACE_S="1",
-            GRACE_S="15",
-            RESTART_BACKOFF_S="0.1",
         )
+        if fast_settings:
+            self.env.update(self._FAST)
         for key in ("HF_TOKEN", "HF_REPO", "RELAY_SHARED_SECRET"):
             self.env.pop(key, None)
         if remote:
@@ -73,6 +70,18 @@ class WorkerProc:
         self.env.update(env or {})
         self.log_path = self.root.parent / f"{worker_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    #: quick settings for tests: short backoffs, margins, grace and report interval
+    _FAST = dict(
+        RENEW_SAFETY_MARGIN_S="1",
+        REPORT_INTERVAL_S="0.5",
+        ACQUIRE_BACKOFF_S="0.1",
+        ACQUIRE_BACKOFF_MAX_S="0.3",
+        COMMANDER_WAIT_S="20",
+        KILL_GRACE_S="0.5",
+        GRACE_S="15",
+        RESTART_BACKOFF_S="0.1",
+    )
 
     # -- paths ------------------------------------------------------------------------------------
     def run_dir(self, run_id: str | None = None) -> Path:
@@ -88,14 +97,23 @@ class WorkerProc:
         return read_jsonl(self.run_dir(run_id) / "progress.jsonl")
 
     # -- process ----------------------------------------------------------------------------------
-    def start(self, *args: str) -> WorkerProc:
+    def start(
+        self,
+        *args: str,
+        output: int | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> WorkerProc:
+        """Start the worker; its stdout and stderr go to :attr:`log_path`, or to the file descriptor
+        ``output`` (a pipe a test may stop reading: a stalled log driver). ``wrap`` turns the command
+        into the one to run (``relay_testkit.mountns.wrapped``: a volume that is full or read-only)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "relay.worker", *args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay.worker", *args],
+                wrap(argv) if wrap is not None else argv,
                 cwd=REPO_ROOT,
                 env=self.env,
-                stdout=log,
+                stdout=log if output is None else output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )

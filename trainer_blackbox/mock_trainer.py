@@ -30,11 +30,13 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 from trainer_blackbox.checkpoint import step_dir, write_complete  # noqa: E402
 from trainer_blackbox.env import EnvError, RelayEnv  # noqa: E402
 from trainer_blackbox.progress import ProgressWriter  # noqa: E402
+from trainer_blackbox.save_request import SaveRequests  # noqa: E402
 
 EXIT_CONFIG = 2
 EXIT_CRASH = 3
 STATE_FILE = "mock_state.json"
 WEIGHTS_FILE = "weights.bin"
+FROZEN_FILE = "frozen.bin"
 
 # name -> (accepted types, default, description).  The one table of mock keys: MockConfig below and the
 # pydantic MockTrainConfig in train_config.py are both built from it.
@@ -69,6 +71,23 @@ MOCK_KEYS: dict[str, tuple[tuple[type, ...], Any, str]] = {
         "Log SIGTERM and keep training (the worker must SIGKILL after its grace).",
     ),
     "checkpoint_bytes": ((int,), 1024, "Size of the fake weights file in each checkpoint."),
+    "frozen_bytes": (
+        (int,),
+        0,
+        "Size of frozen.bin in each checkpoint: the same bytes at every step (a frozen base model), so "
+        "consecutive checkpoints share it. 0: no such file.",
+    ),
+    "save_requests": (
+        (bool,),
+        True,
+        "Honour the worker's save requests (RELAY_SAVE_REQUEST_FILE): save at the next step end. "
+        "false: ignore them, like a trainer that predates them.",
+    ),
+    "symlink_in_checkpoint": (
+        (bool,),
+        False,
+        "Put a symbolic link in every checkpoint: the worker refuses to commit any (a run whose commits all fail).",
+    ),
 }
 
 
@@ -88,6 +107,9 @@ class MockConfig:
     slow_checkpoint_s: float = 0.0
     ignore_sigterm: bool = False
     checkpoint_bytes: int = 1024
+    frozen_bytes: int = 0
+    save_requests: bool = True
+    symlink_in_checkpoint: bool = False
 
 
 assert {f.name for f in fields(MockConfig)} == set(MOCK_KEYS), "MockConfig and MOCK_KEYS disagree"
@@ -185,6 +207,7 @@ class MockTrainer:
         self.hanging = False
         self.step = 0
         self.last_saved: int | None = None
+        self.requests = SaveRequests.from_environ() if cfg.save_requests else SaveRequests(None)
 
     # --- signals -------------------------------------------------------------------------------
     def _on_sigterm(self, signum: int, _frame: object) -> None:
@@ -217,7 +240,7 @@ class MockTrainer:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise EnvError(f"RELAY_RESUME_FROM has no readable {STATE_FILE} ({exc})") from None
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, reason: str = "scheduled") -> None:
         d = step_dir(self.env.output_dir, step)
         if d.exists():  # a partial directory of a killed earlier attempt at the same step
             shutil.rmtree(d)
@@ -225,12 +248,16 @@ class MockTrainer:
         state = {"step": step, "loss": loss_at(step), "run_id": self.env.run_id, "epoch": self.env.epoch}
         (d / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         (d / WEIGHTS_FILE).write_bytes(_fake_weights(step, self.cfg.checkpoint_bytes))
+        if self.cfg.frozen_bytes:
+            (d / FROZEN_FILE).write_bytes(_fake_weights(-1, self.cfg.frozen_bytes))
+        if self.cfg.symlink_in_checkpoint:
+            (d / "weights-link.bin").symlink_to(WEIGHTS_FILE)
         if self.cfg.slow_checkpoint_s > 0:
             self.log.record("save_slow", step=step, seconds=self.cfg.slow_checkpoint_s)
             self._sleep(self.cfg.slow_checkpoint_s, interruptible=False)
         write_complete(d, step)
         self.last_saved = step
-        self.log.record("save", step=step, path=str(d))
+        self.log.record("save", step=step, path=str(d), reason=reason)
         print(f"mock_trainer: saved checkpoint of step {step} to {d}", flush=True)
 
     # --- faults --------------------------------------------------------------------------------
@@ -275,6 +302,8 @@ class MockTrainer:
             self.log.record("step", step=nxt, loss=loss)
             if cfg.save_steps and nxt % cfg.save_steps == 0:
                 self.save(nxt)
+            if self.requests.pending() and self.last_saved != nxt:
+                self.save(nxt, reason="request")
         if self.step > 0 and self.last_saved != self.step:
             self.save(self.step)  # the final step, or the current one on SIGTERM
         reason = "sigterm" if self.stop_requested else "done"

@@ -76,24 +76,30 @@ def copy_file_hashed(
 
     Reading once for both the copy and the hash keeps a push or pull at one pass over the data.
     """
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        return copy_fd_hashed(fin.fileno(), fout.fileno(), on_chunk=on_chunk)
+
+
+def copy_fd_hashed(fin: int, fout: int, *, on_chunk: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """:func:`copy_file_hashed` between open descriptors (the filesystem remote opens its side of every
+    copy itself, without following links); fsyncs ``fout``."""
     h = hashlib.sha256()
     buf = bytearray(HASH_CHUNK)
     view = memoryview(buf)
     size = 0
-    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        while True:
-            n = fin.readinto(buf)
-            if not n:
-                break
-            chunk = view[:n]
-            h.update(chunk)
-            written = 0
-            while written < n:
-                written += fout.write(chunk[written:])
-            size += n
-            if on_chunk is not None:
-                on_chunk(n)
-        os.fsync(fout.fileno())
+    while True:
+        n = os.readv(fin, [buf])
+        if not n:
+            break
+        chunk = view[:n]
+        h.update(chunk)
+        written = 0
+        while written < n:
+            written += os.write(fout, chunk[written:])
+        size += n
+        if on_chunk is not None:
+            on_chunk(n)
+    os.fsync(fout)
     return size, h.hexdigest()
 
 

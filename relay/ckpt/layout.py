@@ -93,12 +93,27 @@ class RunLayout:
         return self.run_dir / "progress.jsonl"
 
     @property
+    def save_request_file(self) -> Path:
+        """The trainer contract's save-request file (RELAY_SAVE_REQUEST_FILE): the worker asks for a save."""
+        return self.run_dir / "save_request.json"
+
+    @property
     def train_config_file(self) -> Path:
         return self.run_dir / "train_config.json"
 
     @property
     def lock_file(self) -> Path:
         return self.run_dir / ".lock"
+
+    @property
+    def held_lease_file(self) -> Path:
+        """The lease the worker process carrying this run holds (``relay.worker.held_lease``)."""
+        return self.run_dir / "lease.json"
+
+    @property
+    def held_lease_lock(self) -> Path:
+        """flock'ed by the live worker process that owns ``lease.json``."""
+        return self.run_dir / "lease.lock"
 
     def step_dir(self, step: int) -> Path:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:

@@ -33,14 +33,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from relay import __version__
+from relay.backoff import Backoff
 from relay.commander import metrics, ui
 from relay.commander.auth import SharedSecretAuth
 from relay.commander.callbacks import CallbackDispatcher
 from relay.commander.config import CallbackSettings
+from relay.commander.connections import BODY_DEADLINE, body_deadline
 from relay.commander.control import RunControl
 from relay.commander.errors import LeaseHeldError, RuleError
 from relay.commander.leases import LeaseManager
 from relay.commander.openapi import build_openapi
+from relay.commander.ratelog import RateLimitedLog
 from relay.commander.routes import (
     ENDPOINTS,
     EVENTS_PARAM,
@@ -55,6 +58,7 @@ from relay.commander.routes import (
 )
 from relay.commander.store import Store, StoreError
 from relay.commander.views import RunViews
+from relay.commander.wakeups import Wakeups
 from relay.ids import id_problem
 from relay.schema import (
     AcquireDenied,
@@ -76,6 +80,8 @@ from relay.schema import (
 log = logging.getLogger("relay.commander")
 
 MAX_BODY_BYTES = 1024 * 1024
+#: how the lease sweeper slows down while the store's commits fail (each sweep would fail the same way)
+STORE_BACKOFF = Backoff(0.5, 10.0)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,7 +144,9 @@ def _validation_error(exc: ValidationError) -> web.Response:
     return _error(422, "validation_error", f"{loc}: {message}", loc, detail=detail)
 
 
-def _error_answer(endpoint: Endpoint, request: web.Request, exc: Exception) -> web.Response:
+def _error_answer(
+    endpoint: Endpoint, request: web.Request, exc: Exception, store_log: RateLimitedLog
+) -> web.Response:
     """The answer to a handler that raised: the only place an exception becomes an HTTP answer."""
     if isinstance(exc, ValidationError):
         return _validation_error(exc)
@@ -154,9 +162,14 @@ def _error_answer(endpoint: Endpoint, request: web.Request, exc: Exception) -> w
             exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status, detail=exc.detail
         )
     if isinstance(exc, ApiError):
-        return _error(exc.http_status, exc.code, str(exc), exc.field)
-    if isinstance(exc, (StoreError, sqlite3.Error)):
-        log.error("state store error on %s %s: %s", request.method, request.path, exc)
+        answer = _error(exc.http_status, exc.code, str(exc), exc.field)
+        if exc.http_status == 408:
+            answer.force_close()  # the rest of a slow body is not waited for
+        return answer
+    if isinstance(exc, (StoreError, sqlite3.Error)):  # a full disk fails every request: said once in a while
+        store_log.log(
+            logging.ERROR, "store", "state store error on %s %s: %s", request.method, request.path, exc
+        )
         return _error(503, "store_error", f"commander state store error: {exc}")
     log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
     return _error(500, "internal_error", "internal commander error (see the commander's log)")
@@ -188,10 +201,14 @@ async def _body(request: web.Request) -> bytes:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"body is {length} bytes; the limit is {MAX_BODY_BYTES}", "body")
+    deadline = request.get(BODY_DEADLINE)  # set by the body_deadline middleware
     try:
-        return await request.read()
+        async with asyncio.timeout_at(deadline):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"body is over the {MAX_BODY_BYTES} byte limit", "body") from None
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", "the request body did not arrive in time", "body") from None
 
 
 class CommanderApi:
@@ -207,11 +224,15 @@ class CommanderApi:
     ) -> None:
         self.leases = leases
         self.store = leases.store
+        if not isinstance(leases.watch, Wakeups):  # create_app attaches it before load(); else now
+            leases.watch = Wakeups(leases)
+        self.wakeups: Wakeups = leases.watch
         self.control = RunControl(leases)
         self.views = RunViews(leases, callbacks)
         self.auth = auth
         self.callbacks = callbacks
         self.registry = metrics.build_registry(leases, callbacks)
+        self.store_log = RateLimitedLog(log, every_s=30.0)
         self.sweep_interval_s = sweep_interval_s or min(1.0, leases.ttl_s / 4)
         ttl = leases.ttl_s
         # The two possible renew answers, serialised once from the model.
@@ -245,12 +266,12 @@ class CommanderApi:
             try:
                 response = await fn(request)
             except Exception as exc:
-                response = _error_answer(endpoint, request, exc)
+                response = _error_answer(endpoint, request, exc, self.store_log)
             if endpoint.mutates:
                 try:
                     await self.store.committed()
                 except StoreError as exc:
-                    return _error_answer(endpoint, request, exc)
+                    return _error_answer(endpoint, request, exc, self.store_log)
             return response
 
         handler.__name__ = endpoint.handler
@@ -272,8 +293,10 @@ class CommanderApi:
         """cleanup_ctx: end expired leases in the background, so waiting runs show up promptly."""
 
         async def loop() -> None:
+            failing = 0  # sweeps in a row that met a store whose last commit failed: back off
             while True:
-                await asyncio.sleep(self.sweep_interval_s)
+                await asyncio.sleep(STORE_BACKOFF.delay(failing) if failing else self.sweep_interval_s)
+                failing = failing + 1 if self.store.commit_error is not None else 0
                 try:
                     self.leases.expire_due()
                 except Exception:
@@ -284,6 +307,23 @@ class CommanderApi:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    def commit_failed(self, exc: BaseException) -> None:
+        """A batch failed to commit and was rolled back: memory follows the disk again (no lease gains
+        time from it, see ``LeaseManager.resync``), and the operator hears of it once in a while."""
+        self.leases.resync()
+        self.store_log.log(
+            logging.ERROR,
+            "commit",
+            "%s; live leases are renewed from memory, grants and releases are answered 503 until a "
+            "commit succeeds",
+            exc,
+        )
+
+    def commits_again(self) -> None:
+        log.info("state store commits again")
+        self.store_log.forget("commit")
+        self.store_log.forget("store")
 
     # ------------------------------------------------------------------ handlers
 
@@ -297,7 +337,7 @@ class CommanderApi:
 
     async def acquire(self, request: web.Request) -> web.StreamResponse:
         req = AcquireRequest.model_validate_json(await _body(request))
-        grant = self.leases.acquire(req)
+        grant, waited = await self.wakeups.acquire(req, connected=lambda: _connected(request))
         return _json(
             AcquireGranted(
                 run_id=grant.run.run_id,
@@ -307,6 +347,7 @@ class CommanderApi:
                 renew_interval_s=self.leases.renew_interval_s,
                 run=self.views.summary(grant.run),
                 spec=grant.spec,
+                waited_s=round(waited, 3),
             )
         )
 
@@ -359,6 +400,13 @@ class CommanderApi:
         return _json(self.views.summary(row))
 
 
+def _connected(request: web.Request) -> bool:
+    """Whether the caller is still there to be answered (a long-polled acquire is never granted to a
+    connection that closed while it waited)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 def _path_regex(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "[^/]+", re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
 
@@ -373,11 +421,13 @@ def create_app(
     lease_ttl_s: float = 60.0,
     sweep_interval_s: float | None = None,
     callback_settings: CallbackSettings | None = None,
+    body_timeout_s: float = 30.0,
 ) -> web.Application:
     """Open the state (raises StoreError when it cannot be used) and build the application."""
     store = Store.open(state_path)
     try:
         leases = LeaseManager(store, ttl_s=lease_ttl_s)
+        leases.watch = Wakeups(leases)
         restored = leases.load()
     except Exception:
         store.close()
@@ -389,7 +439,7 @@ def create_app(
     api = CommanderApi(
         leases, SharedSecretAuth(secret), sweep_interval_s=sweep_interval_s, callbacks=callbacks
     )
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[body_deadline(body_timeout_s)])
     app[API_KEY] = api
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, api.wrap(ep), name=ep.handler)
@@ -399,10 +449,17 @@ def create_app(
     app.cleanup_ctx.append(callbacks.cleanup_ctx)
 
     async def group_commit(_: web.Application) -> None:
-        # A batch that fails to commit was rolled back: rebuild the live leases from what is on disk.
-        store.start_group_commit(asyncio.get_running_loop(), on_error=lambda _exc: leases.load())
+        store.start_group_commit(
+            asyncio.get_running_loop(), on_error=api.commit_failed, on_recovered=api.commits_again
+        )
+        api.wakeups.clock.start(asyncio.get_running_loop())
 
     app.on_startup.append(group_commit)
+
+    async def end_long_polls(_: web.Application) -> None:
+        api.wakeups.close()  # parked acquires answer now instead of holding the shutdown
+
+    app.on_shutdown.append(end_long_polls)
 
     async def close_store(_: web.Application) -> None:
         store.close()

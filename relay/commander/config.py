@@ -116,6 +116,32 @@ class CommanderConfig(BaseModel):
         env="RELAY_LEASE_TTL",
         flag="--lease-ttl",
     )
+    header_timeout_s: float = _setting(
+        10.0,
+        "A connection must send a whole request head this soon after connecting (each gets 3/4 to all of "
+        "it, so a flood is not closed at once) or after its last answer, else it is closed.",
+        env="RELAY_HEADER_TIMEOUT_S",
+        flag="--header-timeout",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    body_timeout_s: float = _setting(
+        30.0,
+        "A request body must arrive this soon after its head, else the answer is 408.",
+        env="RELAY_BODY_TIMEOUT_S",
+        flag="--body-timeout",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    max_connections: int = _setting(
+        4096,
+        "Open connections at most (and fewer when the open-file limit is low: room is kept for the state "
+        "file and one accept batch); at the cap a new connection replaces the oldest that has not sent a "
+        "request yet, or is answered 503.",
+        env="RELAY_MAX_CONNECTIONS",
+        flag="--max-connections",
+        gt=0,
+    )
     insecure: bool = _setting(
         False, "Allow listening on a non-loopback address without a shared secret.", flag="--insecure"
     )

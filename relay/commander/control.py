@@ -47,6 +47,7 @@ class RunControl:
             outbox=self.leases.callbacks_for(row, CallbackEvent.pending),
         )
         self.leases.stats.submits += 1
+        self.leases.run_changed(row)
         log.info("run %s: %s", row.run_id, message)
         return row, True
 
@@ -77,5 +78,6 @@ class RunControl:
             row, [NewEvent(wall, row.epoch, name, None, message)], durable=True, outbox=outbox
         )
         self.leases.request_cancel(run_id)
+        self.leases.run_changed(row)
         log.info("run %s: %s", run_id, message)
         return row

@@ -29,11 +29,12 @@ class StaleLeaseError(RuleError):
 
 
 class LeaseHeldError(RuleError):
-    """Another worker holds a live lease on the run."""
+    """Another worker holds a live lease on the run (``holder`` None: leases the state lost may still be
+    held, see ``relay.commander.lost_state``); ask again after ``retry_after_s``."""
 
     code = "lease_held"
 
-    def __init__(self, message: str, *, holder: str, retry_after_s: float, status: RunStatus) -> None:
+    def __init__(self, message: str, *, holder: str | None, retry_after_s: float, status: RunStatus) -> None:
         super().__init__(message, status=status)
         self.holder = holder
         self.retry_after_s = retry_after_s
@@ -66,3 +67,9 @@ class SpecConflictError(RuleError):
 
     code = "spec_conflict"
     field = "run_id"
+
+
+class EpochExhaustedError(RuleError):
+    """The run's remote holds an epoch no grant can exceed (``lease_rules.MAX_EPOCH``): never granted again."""
+
+    code = "epoch_exhausted"

@@ -15,13 +15,9 @@ The :class:`LeaseManager` applies the rules and records what they decide:
 * Every lease leaves a row in the run's lease history (one per epoch: holder, grant, end, steps),
   written in the transaction of the change that opens, moves or ends it.
 
-Lease expiry times live only in memory (``LiveLease.expires_at``, monotonic clock), so a renewal
-is a dict lookup and never touches the disk.  Grants, releases and expiries are written with
-``store.save_run(durable=True)`` *before* memory changes (a failed write changes nothing), and the
-HTTP layer awaits ``store.committed()`` - the fsync - before it answers.  If a commit fails after
-memory changed, the store rolls the batch back and :meth:`LeaseManager.load` rebuilds memory from
-disk.  On start-up every lease that the store says is held gets a full TTL, so its holder can renew
-after a commander restart and nobody else is granted the run meanwhile.
+Lease deadlines live only in memory (``relay.commander.live_leases``), so a renewal never touches the
+disk; grants, releases and expiries are durable (``save_run(durable=True)``), committed before the
+HTTP layer answers.  Running time (``max_duration_s``) is counted on the monotonic clock.
 
 All methods are synchronous and are called from the event loop's thread, so each one runs to
 completion before another starts: check-then-grant is atomic.
@@ -37,6 +33,7 @@ from dataclasses import dataclass, field
 
 from relay.commander import runs
 from relay.commander.errors import (
+    EpochExhaustedError,
     LeaseHeldError,
     ModeMismatchError,
     NoWaitingRunError,
@@ -44,17 +41,21 @@ from relay.commander.errors import (
     RunNotFoundError,
     StaleLeaseError,
 )
+from relay.commander.fencing import FencingChecks
 from relay.commander.jobs import granted_spec, may_restart
 from relay.commander.lease_rules import (
     Decision,
     Holder,
-    LeaseClaim,
+    LeaseWatch,
     LiveLease,
     decide_acquire,
-    is_fenced_holder,
-    names_lease,
-    stale_reason,
+    epoch_exhausted,
+    held_message,
+    next_epoch,
 )
+from relay.commander.live_leases import LiveLeases
+from relay.commander.lost_state import LostState
+from relay.commander.stats import Stats
 from relay.commander.store import (
     LeaseEnded,
     LeaseGranted,
@@ -82,21 +83,6 @@ log = logging.getLogger("relay.commander")
 
 
 @dataclass
-class Stats:
-    """Counters for the commander's Prometheus metrics (``relay.commander.metrics`` exports them)."""
-
-    grants: int = 0
-    renewals: int = 0
-    releases: int = 0
-    expiries: int = 0
-    fenced: int = 0
-    denials: int = 0
-    submits: int = 0
-    preemptions: int = 0  # runs handed back for the next worker: preempted releases and expired leases
-    restarts: int = 0  # trainer restarts reported by workers plus failed runs the commander queued again
-
-
-@dataclass
 class Grant:
     run: RunRow
     lease: LiveLease
@@ -109,7 +95,7 @@ CallbackOutbox = Callable[[RunRow, CallbackEvent, "dict[str, float] | None"], li
 
 
 @dataclass
-class LeaseManager:
+class LeaseManager(FencingChecks):
     """The commander's rules over a :class:`Store`; call :meth:`load` once before use."""
 
     store: Store
@@ -118,11 +104,16 @@ class LeaseManager:
     wall: Callable[[], float] = time.time
     stats: Stats = field(default_factory=Stats)
     callback_outbox: CallbackOutbox | None = None
+    #: told of every new live lease and every run change that may wake a long-polled acquire
+    watch: LeaseWatch | None = None
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
             raise ValueError("lease ttl must be positive")
-        self._live: dict[str, LiveLease] = {}
+        self._live = LiveLeases(self.ttl_s, lambda: self.monotonic())  # the clock may be swapped (tests)
+        lost = bool(getattr(self.store, "lost_state", False))
+        self.lost = LostState(self.ttl_s, lambda: self.monotonic(), lost_at_start=lost)
+        self._same_id_warned: dict[str, int] = {}  # run_id -> epoch whose duplicate worker id was logged
 
     @property
     def renew_interval_s(self) -> float:
@@ -131,20 +122,16 @@ class LeaseManager:
 
     def load(self) -> int:
         """Rebuild the live leases from the store, each with a full TTL; returns how many."""
-        expires = self.monotonic() + self.ttl_s
-        self._live = {
-            row.run_id: LiveLease(
-                run_id=row.run_id,
-                lease_id=row.lease_id or "",
-                epoch=row.epoch,
-                worker_id=row.lease_worker or "",
-                expires_at=expires,
-                last_renew_at=None,
-                cancel_requested=row.cancel_requested,
-            )
-            for row in self.store.held_leases()
-        }
-        return len(self._live)
+        count = self._live.rebuild(self.store.held_leases())
+        if self.watch is not None:
+            self.watch.leases_reloaded(list(self._live))
+        return count
+
+    def resync(self) -> None:
+        """After a failed commit: memory follows the disk, and no lease gains time (``LiveLeases.resync``)."""
+        self._live.resync(self.store.held_leases())
+        if self.watch is not None:
+            self.watch.leases_reloaded(list(self._live))
 
     def held_count(self) -> int:
         """How many leases are live in memory (expired ones the sweeper has not ended yet included)."""
@@ -160,7 +147,7 @@ class LeaseManager:
         """Grant a lease per ``lease_rules.ACQUIRE_RULES``, creating the run when ``run_id`` is new."""
         row = self._run_to_acquire(req)
         lease = self._live.get(row.run_id)
-        decision, holder = decide_acquire(runs.is_closed(row.status), lease, req.worker_id)
+        decision, holder = decide_acquire(runs.is_closed(row.status), lease, req.worker_id, req.held_lease)
         if decision is Decision.deny_closed:
             self.stats.denials += 1
             raise RunClosedError(
@@ -175,14 +162,26 @@ class LeaseManager:
             assert lease is not None
             self.stats.denials += 1
             retry_after = max(0.0, lease.expires_at - self.monotonic())
+            message = held_message(row.run_id, lease, holder, retry_after)
+            if holder is Holder.same_worker and self._same_id_warned.get(row.run_id) != lease.epoch:
+                self._same_id_warned[row.run_id] = lease.epoch  # once per lease, not on every retry
+                log.warning("%s", message)
             raise LeaseHeldError(
-                f"run {row.run_id} is held by worker {lease.worker_id} (epoch {lease.epoch}); "
-                f"its lease expires in {retry_after:.1f}s unless renewed",
+                message,
                 holder=lease.worker_id,
                 retry_after_s=round(min(retry_after, self.ttl_s), 3),
                 status=row.status,
             )
-        return self._grant(row, req, replacing=holder)
+        exhausted = epoch_exhausted(row)
+        if exhausted is not None:
+            self.stats.denials += 1
+            raise EpochExhaustedError(exhausted, status=row.status)
+        wait = self.lost.wait_s(row.run_id)
+        if wait > 0:  # leases the state does not know may still be held: they end within a TTL of start
+            self.stats.denials += 1
+            why = f"run {row.run_id} is not granted for {wait:.1f}s more: {self.lost.reason(row.run_id)}"
+            raise LeaseHeldError(why, holder=None, retry_after_s=round(wait, 3), status=row.status)
+        return self._grant(row, req, replacing=lease if holder is Holder.same_worker_proven else None)
 
     def _run_to_acquire(self, req: AcquireRequest) -> RunRow:
         """The run the acquire asks for (its lease ended first when due), or a new pending one."""
@@ -202,12 +201,17 @@ class LeaseManager:
             run_id=req.run_id, status=RunStatus.pending, created_at=wall, updated_at=wall, mode=req.mode
         )
 
-    def _grant(self, row: RunRow, req: AcquireRequest, *, replacing: Holder) -> Grant:
+    def _grant(self, row: RunRow, req: AcquireRequest, *, replacing: LiveLease | None) -> Grant:
         wall = self.wall()
-        epoch = row.epoch + 1
+        epoch = next_epoch(row)
         message = f"granted to {req.worker_id} at epoch {epoch}"
-        if replacing is Holder.same_worker:
-            message += f" (replacing the same worker's lease of epoch {row.epoch})"
+        if epoch > row.epoch + 1:
+            message += f" (past epoch {row.epoch_floor}, which the run's remote holds)"
+        if replacing is not None:  # its time counts; its history row is ended as fenced by this grant
+            message += (
+                f" (its restarted worker showed the lease of epoch {replacing.epoch}; fenced by this one)"
+            )
+            row.end_lease(wall, replacing.active_s(self.monotonic()))
         row.status = runs.transition(row.status, RunStatus.running)
         row.epoch = epoch
         row.lease_id = secrets.token_hex(16)
@@ -224,16 +228,22 @@ class LeaseManager:
             outbox=self.callbacks_for(row, CallbackEvent.running),
             lease=LeaseGranted(epoch, req.worker_id, row.lease_id, wall),
         )
+        now = self.monotonic()
         new = LiveLease(
             run_id=row.run_id,
             lease_id=row.lease_id,
             epoch=epoch,
             worker_id=req.worker_id,
-            expires_at=self.monotonic() + self.ttl_s,
+            expires_at=now + self.ttl_s,
             last_renew_at=wall,
             cancel_requested=row.cancel_requested,
+            started_at=now,
         )
-        self._live[row.run_id] = new
+        if replacing is not None:
+            self._live.forget(replacing)
+        self._live.put(new)
+        if self.watch is not None:
+            self.watch.lease_started(new)
         self.stats.grants += 1
         log.info("run %s: %s", row.run_id, message)
         return Grant(run=row, lease=new, spec=granted_spec(row))
@@ -252,10 +262,10 @@ class LeaseManager:
 
     def release(self, req: ReleaseRequest) -> RunStatus:
         """End the holder's lease with ``outcome``.  A repeated release of the same lease with the same
-        outcome answers the same (the holder retried a release whose answer it lost); with a different
-        outcome it is a 409 naming the recorded one: the first release decided the run, and answering 200
-        would tell the worker its second outcome was recorded when it was not."""
-        if self._current(req.run_id, req) is None:
+        outcome answers the same (the holder retried a release whose answer it lost); with another outcome
+        it is a 409 naming the recorded one (the first release decided the run)."""
+        lease = self._current(req.run_id, req)
+        if lease is None:
             repeated = self._repeated_release(req)
             if repeated is not None:
                 return repeated
@@ -264,16 +274,24 @@ class LeaseManager:
         wall = self.wall()
         row.apply_progress(wall, req.step, req.checkpoint, req.remote_step)
         row.released_lease_id = row.lease_id
-        row.end_lease(wall)
+        row.end_lease(wall, lease.active_s(self.monotonic()))
+        if (req.remote_epoch or 0) > row.epoch:  # grants jump past it; while a TTL from start, they wait
+            row.epoch_floor = max(row.epoch_floor or 0, req.remote_epoch or 0)
+            self.lost.behind(req.run_id)
+        exhausted = epoch_exhausted(row)
         restart = req.outcome is ReleaseOutcome.failed and req.restartable and may_restart(row)
+        cancel = row.cancel_requested  # an exhausted epoch ends the run failed, restarts left or not
         target = runs.status_after_release(
-            req.outcome, cancel_requested=row.cancel_requested, restart_allowed=restart
+            req.outcome, cancel_requested=cancel, restart_allowed=restart, grantable=not exhausted
         )
         row.status = runs.transition(row.status, target)
         row.released_outcome = req.outcome.value
-        row.detail = req.detail
+        row.detail = _joined(exhausted, req.detail) if exhausted else req.detail
         message = f"released as {req.outcome.value}"
-        if target is RunStatus.cancelled and req.outcome is not ReleaseOutcome.cancelled:
+        if exhausted is not None and target is RunStatus.failed:
+            message += f"; {exhausted}"
+            log.error("run %s: %s", req.run_id, exhausted)
+        elif target is RunStatus.cancelled and req.outcome is not ReleaseOutcome.cancelled:
             message += ", but a cancel was requested"
         elif restart and target is RunStatus.preempted:
             row.restarts += 1
@@ -288,7 +306,8 @@ class LeaseManager:
             outbox=self.callbacks_for(row, CallbackEvent(target.value)),
             lease=LeaseEnded(row.epoch, req.outcome.value, wall, req.step),
         )
-        del self._live[req.run_id]
+        self._live.forget(lease)
+        self.run_changed(row)
         self.stats.releases += 1
         log.info("run %s: %s by %s -> %s", req.run_id, message, req.worker_id, target.value)
         return target
@@ -312,11 +331,13 @@ class LeaseManager:
 
     def report(self, run_id: str, req: ReportRequest) -> None:
         """Record the holder's progress: step, checkpoint, remote step, metrics, an event, log lines."""
-        if self._current(run_id, req) is None:
+        lease = self._current(run_id, req)
+        if lease is None:
             raise self._stale(run_id, req, "report")
         row = self._must_get(run_id)
         wall = self.wall()
         row.apply_progress(wall, req.step, req.checkpoint, req.remote_step)
+        row.lease_active_s = lease.active_s(self.monotonic())  # so a commander restart keeps the count
         events = []
         logs = [
             LogRow(line.ts, req.epoch, line.stream, line.line, worker_id=req.worker_id)
@@ -341,7 +362,7 @@ class LeaseManager:
     def expire_due(self) -> int:
         """End every lease whose holder stopped renewing; returns how many.  Run by the sweeper."""
         now = self.monotonic()
-        due = [lease for lease in self._live.values() if now >= lease.expires_at]
+        due = [lease for lease in self._live if now >= lease.expires_at]
         for lease in due:
             self._expire(lease)
         return len(due)
@@ -357,7 +378,7 @@ class LeaseManager:
         wall = self.wall()
         target = runs.status_after_expiry(cancel_requested=row.cancel_requested)
         row.status = runs.transition(row.status, target)
-        row.end_lease(wall)
+        row.end_lease(wall, lease.active_s(self.monotonic()))
         row.detail = f"lease of {lease.worker_id} expired (no renew for {self.ttl_s:g}s)"
         self.store.save_run(
             row,
@@ -366,47 +387,23 @@ class LeaseManager:
             outbox=self.callbacks_for(row, CallbackEvent(target.value)),
             lease=LeaseEnded(lease.epoch, "expired", wall),
         )
-        self._live.pop(lease.run_id, None)
+        self._live.forget(lease)
+        self.run_changed(row)
         self.stats.expiries += 1
         if target is RunStatus.preempted:
             self.stats.preemptions += 1
         log.warning("run %s: %s -> %s", lease.run_id, row.detail, target.value)
+
+    def run_changed(self, row: RunRow) -> None:
+        """A run was released, expired, submitted or cancelled: long-polled acquires waiting for it wake."""
+        if self.watch is not None:
+            self.watch.run_changed(row)
 
     def request_cancel(self, run_id: str) -> None:
         """Flag the run's live lease, so its holder learns of the cancel on its next renew."""
         lease = self._live.get(run_id)
         if lease is not None:
             lease.cancel_requested = True
-
-    # ------------------------------------------------------------------ fencing
-
-    def _current(self, run_id: str, claim: LeaseClaim) -> LiveLease | None:
-        """The fencing rule (``fencing.names_lease``) plus expiry: the run's live lease when ``claim``
-        names it and it has not expired, else None.  A lease found expired is ended here."""
-        lease = self._live.get(run_id)
-        if not names_lease(lease, claim):
-            return None
-        assert lease is not None
-        if self.monotonic() >= lease.expires_at:
-            self._expire(lease)
-            return None
-        return lease
-
-    def _stale(self, run_id: str, claim: LeaseClaim, call: str) -> StaleLeaseError:
-        """The 409 for a ``call`` whose claim is not the run's live lease, saying why; when the caller held
-        the lease of that epoch and it has ended, the epoch's ``fenced`` event is recorded (once)."""
-        self.stats.fenced += 1
-        lease = self._live.get(run_id)
-        row = None if lease is not None else self.store.get_run(run_id)
-        message = f"lease for run {run_id} is no longer current: {stale_reason(lease, row, claim)}"
-        if is_fenced_holder(self.store.lease_record(run_id, claim.epoch), claim):
-            wall = self.wall()
-            event = NewEvent(
-                wall, claim.epoch, EventName.fenced.value, claim.worker_id, f"{call} refused: {message}"
-            )
-            self.store.save_fenced(run_id, event)
-            log.info("run %s: the holder of epoch %d is fenced: %s", run_id, claim.epoch, event.message)
-        return StaleLeaseError(message)
 
     # ------------------------------------------------------------------ helpers
 

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from relay.commander.callbacks import CallbackDispatcher
 from relay.commander.leases import LeaseManager
+from relay.commander.wakeups import Wakeups
 from relay.schema import RunStatus
 
 #: Content type of the text exposition format (prometheus_client.CONTENT_TYPE_LATEST, without the charset).
@@ -97,6 +98,11 @@ class CommanderCollector(Collector):
             by_status.add_metric([status.value], counts.get(status.value, 0))
         yield by_status
         yield GaugeMetricFamily("relay_leases_held", "Live leases.", value=self.leases.held_count())
+        if isinstance(self.leases.watch, Wakeups):
+            parked = self.leases.watch.waiters.count()
+            yield GaugeMetricFamily(
+                "relay_acquires_waiting", "Long-polled acquires parked now.", value=parked
+            )
 
         yield from self._per_run()
 

@@ -98,7 +98,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST",
         "/api/lease/acquire",
         "acquire",
-        "Acquire a run's lease (creating the run), or the oldest waiting run when run_id is omitted.",
+        "Acquire a run's lease (creating the run), or the oldest waiting run when run_id is omitted; with "
+        "wait_s, a refusal is held (long poll) until a release, expiry, submit or cancel makes it grantable.",
         AcquireRequest,
         {200: AcquireGranted, 404: ErrorResponse, 409: AcquireDenied},
         mutates=True,

@@ -19,7 +19,7 @@ TRANSITIONS: dict[RunStatus, dict[RunStatus, str]] = {
         S.cancelled: "cancelled before any worker took it",
     },
     S.running: {
-        S.running: "re-granted to the same worker (it restarted) with a new epoch",
+        S.running: "re-granted to its restarted worker (which showed the lease it held) with a new epoch",
         S.preempted: "released as preempted, or the holder's lease expired",
         S.completed: "released as completed",
         S.failed: "released as failed",
@@ -74,7 +74,7 @@ def is_closed(status: RunStatus) -> bool:
 
 
 def status_after_release(
-    outcome: ReleaseOutcome, *, cancel_requested: bool, restart_allowed: bool = False
+    outcome: ReleaseOutcome, *, cancel_requested: bool, restart_allowed: bool = False, grantable: bool = True
 ) -> RunStatus:
     """The status a run takes when its holder releases it with ``outcome``.
 
@@ -85,9 +85,15 @@ def status_after_release(
     still be restarted (``restart_allowed``: a submitted run with restarts and
     running time left, decided by the lease manager, which counts the restart)
     becomes ``preempted``, so the next worker takes it from its last checkpoint.
+
+    A run that can never be granted again (``grantable`` False: its remote holds an epoch no grant can
+    exceed, see ``lease_rules.epoch_exhausted``) is not handed to a next worker: a preempted or failed
+    release ends it ``failed``, so nobody loops on grants the remote refuses.
     """
     if cancel_requested and outcome is not ReleaseOutcome.completed:
         return S.cancelled
+    if not grantable and outcome in (ReleaseOutcome.preempted, ReleaseOutcome.failed):
+        return S.failed
     if outcome is ReleaseOutcome.failed and restart_allowed:
         return S.preempted
     return _OUTCOME_STATUS[outcome]

@@ -74,43 +74,85 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"relayctl serve: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except ListenError as exc:
         print(
-            f"relayctl serve: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            f"relayctl serve: error: cannot listen on {config.host}:{config.port}: {exc}",
             file=sys.stderr,
         )
         return 1
 
 
+class ListenError(RuntimeError):
+    """The socket could not be bound (address in use, permission, bad host): said as such, and only then."""
+
+
 async def _serve(config: CommanderConfig) -> int:
     from aiohttp import web
 
-    from relay import __version__
     from relay.commander.app import create_app
-
-    secret = config.secret()
-    app = create_app(
-        config.state, secret=secret, lease_ttl_s=config.lease_ttl_s, callback_settings=config.callbacks
+    from relay.commander.connections import (
+        ConnectionGuard,
+        install_accept_error_log,
+        listen,
+        raise_fd_limit,
+        sizing,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+
+    files, _ = raise_fd_limit()
+    cap, batch = sizing(files, config.max_connections)
+    guard = ConnectionGuard(max_connections=cap, header_timeout_s=config.header_timeout_s)
+    app = create_app(
+        config.state,
+        secret=config.secret(),
+        lease_ttl_s=config.lease_ttl_s,
+        callback_settings=config.callbacks,
+        body_timeout_s=config.body_timeout_s,
+    )
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        keepalive_timeout=config.header_timeout_s,  # later heads on a kept-alive connection: same deadline
+        lingering_time=2.0,  # an unread body (behind a 401) is drained this long at most
+        handler_cancellation=True,  # a long-polled acquire whose pod hung up stops waiting at once
+    )
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    install_accept_error_log(loop)
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
-        await site.start()
-        bound = runner.addresses[0]
-        shown_host = f"[{config.host}]" if ":" in config.host else config.host
-        auth = "shared secret required" if secret else "no auth"
-        print(
-            f"relay commander {__version__} listening on http://{shown_host}:{bound[1]} "
-            f"(state {os.path.abspath(config.state)}, lease ttl {config.lease_ttl_s:g}s, {auth})",
-            flush=True,
-        )
+        server = await listen(guard, runner.server, config.host, config.port, batch)
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(exc.strerror or str(exc)) from None
+    try:
+        _announce(config, server.sockets[0].getsockname()[1], files, guard.max_connections)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("relay commander: shutting down", flush=True)
     finally:
+        server.close()
         await runner.cleanup()
     return 0
+
+
+def _announce(config: CommanderConfig, port: int, files: int, max_connections: int) -> None:
+    """The one line saying where the commander listens (tests and users read the port from it)."""
+    from relay import __version__
+
+    shown_host = f"[{config.host}]" if ":" in config.host else config.host
+    auth = "shared secret required" if config.secret() else "no auth"
+    print(
+        f"relay commander {__version__} listening on http://{shown_host}:{port} "
+        f"(state {os.path.abspath(config.state)}, lease ttl {config.lease_ttl_s:g}s, {auth})",
+        flush=True,
+    )
+    logging.getLogger("relay.commander").info(
+        "at most %d connections (open-file limit %d); request heads within %gs, bodies within %gs",
+        max_connections,
+        files,
+        config.header_timeout_s,
+        config.body_timeout_s,
+    )

@@ -232,6 +232,9 @@ class Demo:
             HANG_TIMEOUT_S="120",
             STARTUP_TIMEOUT_S="120",
             MAX_RESTARTS="0",  # a crashing trainer fails the demo at once, with its log
+            # pod B arrives as pod A is preempted, with an empty volume that pulls the whole checkpoint
+            # (the story the verdict checks): no warm standby racing A's final sync onto it
+            STANDBY="false",
         )
         child = Child(
             name,

@@ -12,11 +12,13 @@ from relay.remote.base import (
     PullReport,
     PushResult,
     Remote,
+    RemoteAheadError,
     RemoteConfigError,
     RemoteCorruptError,
     RemoteError,
     RemoteFencedError,
     RemoteState,
+    UnsafeLayoutError,
     by_url_rule,
 )
 from relay.remote.filesystem import FilesystemRemote
@@ -30,6 +32,7 @@ __all__ = [
     "PullReport",
     "PushResult",
     "Remote",
+    "RemoteAheadError",
     "RemoteConfigError",
     "RemoteCorruptError",
     "RemoteError",
@@ -39,6 +42,7 @@ __all__ = [
     "SyncEvent",
     "SyncStatus",
     "Syncer",
+    "UnsafeLayoutError",
     "open_remote",
     "parse_remote_url",
 ]

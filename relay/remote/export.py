@@ -26,9 +26,9 @@ from relay.remote.base import (
     RemoteFencedError,
     RemoteState,
     Snapshot,
-    _tty_progress,
     remote_ckpt_prefix,
 )
+from relay.remote.progress import tty_progress
 
 __all__ = ["FINAL_DIR", "PulledExport", "check_final_fence", "pull_export", "remote_final_prefix"]
 
@@ -105,7 +105,7 @@ def pull_export(
     tmp = dest.parent / f".relay-pull-{dest.name}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     received = [0]
-    bar = _tty_progress(manifest.total_bytes, f"pull {what}") if progress else None
+    bar = tty_progress(manifest.total_bytes, f"pull {what}") if progress else None
 
     def on_bytes(n: int) -> None:
         received[0] += n

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def push_final(remote: HubRemote, export: CommittedCheckpoint, *, epoch: int) -> PushResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    from relay.remote.hub import _HeadMoved
+    from relay.remote.hub_api import HeadMoved
 
     manifest, mbytes = load_local_manifest(export, run_id=remote.run_id)
     prefix = remote_final_prefix(remote.run_id)
@@ -63,7 +63,7 @@ def push_final(remote: HubRemote, export: CommittedCheckpoint, *, epoch: int) ->
         message = f"relay: {remote.run_id} final export (step {manifest.step}, epoch {epoch})"
         try:
             oid = remote._commit(ops, message, head)
-        except _HeadMoved:
+        except HeadMoved:
             log.info(
                 "%s: head moved during the final export push (attempt %d); re-reading state", where, attempt
             )

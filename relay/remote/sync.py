@@ -219,12 +219,7 @@ class Syncer:
             try:
                 result = self.remote.push(ckpt, epoch=self.epoch)
             except RemoteFencedError as exc:
-                with self._cond:
-                    self._fenced = True
-                    self._last_error = str(exc)
-                    self._pending = None
-                log.error("sync fenced: %s", exc)
-                self._emit(SyncEvent("fenced", ckpt.step, attempt, error=str(exc), retryable=False))
+                self._fenced_by(exc, ckpt.step, attempt)
                 return
             except RemoteError as exc:
                 error, retryable, retry_after = str(exc), exc.retryable, exc.retry_after_s
@@ -233,65 +228,83 @@ class Syncer:
             except Exception as exc:  # noqa: BLE001 - unknown failures are retried, never fatal
                 error, retryable = f"{type(exc).__name__}: {exc}", True
             else:
-                with self._cond:
-                    self._failures = 0
-                    self._last_error = None
-                    if self._last_synced_step is None or result.step >= self._last_synced_step:
-                        self._last_synced_step = result.step
-                        self._last_synced_revision = result.revision
-                log.info(
-                    "synced step %d to %s (%d bytes sent, %d files reused)%s",
-                    result.step,
-                    getattr(self.remote, "url", "remote"),
-                    result.bytes_sent,
-                    result.files_skipped,
-                    f" [no-op: {result.detail}]" if result.noop else "",
-                )
-                self._emit(SyncEvent("synced", result.step, attempt, result=result))
-                self._prune(result.step)
+                self._synced(result, attempt)
+                return
+            if not self._failed(ckpt, attempt, error, retryable, retry_after):
                 return
 
-            with self._cond:
-                self._failures += 1
-                self._last_error = error
-                newer = self._pending is not None and self._pending.step > ckpt.step
-                stopping = self._stopping and not self._drain
-            give_up = (
-                not retryable
-                or newer
-                or stopping
-                or (self.max_attempts is not None and attempt >= self.max_attempts)
-            )
-            delay = None if give_up else self._backoff(attempt, retry_after)
-            log.warning(
-                "sync of step %d failed (attempt %d): %s%s",
-                ckpt.step,
-                attempt,
-                error,
-                f"; retrying in {delay:.1f}s" if delay is not None else "",
-            )
-            self._emit(
-                SyncEvent("failed", ckpt.step, attempt, error=error, retryable=retryable, retry_in_s=delay)
-            )
-            if give_up:
-                return
-            with self._cond:
-                deadline = time.monotonic() + (delay or 0)
-                while not (self._stopping and not self._drain):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                if self._stopping and not self._drain:
-                    return
-                if self._pending is not None and self._pending.step > ckpt.step:
-                    return  # a newer checkpoint arrived during the backoff: upload that one instead
+    def _fenced_by(
+        self, exc: RemoteFencedError, step: int | None, attempt: int, phase: Literal["push", "prune"] = "push"
+    ) -> None:
+        """The remote holds a newer epoch: this syncer (and its worker) is fenced off for good."""
+        with self._cond:
+            self._fenced = True
+            self._last_error = str(exc)
+            self._pending = None
+        log.error("sync fenced: %s", exc)
+        self._emit(SyncEvent("fenced", step, attempt, error=str(exc), retryable=False, phase=phase))
+
+    def _synced(self, result: PushResult, attempt: int) -> None:
+        with self._cond:
+            self._failures = 0
+            self._last_error = None
+            if self._last_synced_step is None or result.step >= self._last_synced_step:
+                self._last_synced_step = result.step
+                self._last_synced_revision = result.revision
+        log.info(
+            "synced step %d to %s (%d bytes sent, %d files reused)%s",
+            result.step,
+            getattr(self.remote, "url", "remote"),
+            result.bytes_sent,
+            result.files_skipped,
+            f" [no-op: {result.detail}]" if result.noop else "",
+        )
+        self._emit(SyncEvent("synced", result.step, attempt, result=result))
+        self._prune(result.step)
+
+    def _failed(
+        self, ckpt: CommittedCheckpoint, attempt: int, error: str, retryable: bool, retry_after: float | None
+    ) -> bool:
+        """A failed push: say so, and wait out the backoff. True to try the same checkpoint again."""
+        with self._cond:
+            self._failures += 1
+            self._last_error = error
+            newer = self._pending is not None and self._pending.step > ckpt.step
+            stopping = self._stopping and not self._drain
+        out_of_attempts = self.max_attempts is not None and attempt >= self.max_attempts
+        give_up = not retryable or newer or stopping or out_of_attempts
+        delay = None if give_up else self._backoff(attempt, retry_after)
+        log.warning(
+            "sync of step %d failed (attempt %d): %s%s",
+            ckpt.step,
+            attempt,
+            error,
+            f"; retrying in {delay:.1f}s" if delay is not None else "",
+        )
+        self._emit(
+            SyncEvent("failed", ckpt.step, attempt, error=error, retryable=retryable, retry_in_s=delay)
+        )
+        if give_up:
+            return False
+        with self._cond:
+            deadline = time.monotonic() + (delay or 0)
+            while not (self._stopping and not self._drain):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if self._stopping and not self._drain:
+                return False
+            # a newer checkpoint arrived during the backoff: upload that one instead
+            return not (self._pending is not None and self._pending.step > ckpt.step)
 
     def _prune(self, step: int) -> None:
         if not self.remote_keep_last_n:
             return
         try:
-            self.remote.prune(self.remote_keep_last_n)
+            self.remote.prune(self.remote_keep_last_n, epoch=self.epoch)
+        except RemoteFencedError as exc:  # a newer lease claimed the remote meanwhile: we are fenced
+            self._fenced_by(exc, step, 1, phase="prune")
         except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the next sync tries again
             log.warning("remote prune failed: %s", exc)
             self._emit(SyncEvent("failed", step, 1, error=str(exc), retryable=True, phase="prune"))

@@ -55,6 +55,9 @@ class Checkpoints:
         self.remote: Remote | None = None
         self.syncer: SyncPort | None = None
         self.latest: CommittedCheckpoint | None = None  # newest CommittedCheckpoint on the volume
+        self.last_commit_error: str | None = None  # why the last commit failed (None once one succeeds)
+        #: the last failure was the trainer's output itself (InvalidStagedCheckpoint): no pod can do better
+        self.last_commit_invalid = False
         self._commit_task: asyncio.Task[None] | None = None
 
     def open_remote(
@@ -109,7 +112,7 @@ class Checkpoints:
         """Commit the newest complete staged checkpoint (older complete ones are superseded) and sync it
         (unless ``sync`` is False: recovery decides what to push once it knows the remote's step)."""
         from relay.ckpt.commit import commit_newest_staged
-        from relay.ckpt.errors import CheckpointError, StaleStagedCheckpoint
+        from relay.ckpt.errors import CheckpointError, InvalidStagedCheckpoint, StaleStagedCheckpoint
 
         if self.fence.tripped:
             return
@@ -122,13 +125,14 @@ class Checkpoints:
             log.warning("%s", exc)
             return
         except CheckpointError as exc:
-            log.error("checkpoint commit failed: %s", exc)
-            self.tlog.note(f"checkpoint commit failed: {exc}")
+            self.last_commit_invalid = isinstance(exc, InvalidStagedCheckpoint)
+            self._commit_failed(str(exc))
             return
         if ckpt is None:
             return
         if self.fence.tripped:
             return  # committed while being fenced: it stays on the volume, nothing is handed on
+        self.last_commit_error = None
         self.adopt(ckpt)
         self.events.emit(
             "checkpoint_committed",
@@ -139,6 +143,20 @@ class Checkpoints:
         )
         if sync and self.syncer is not None:
             self.syncer.submit(ckpt)
+
+    def _commit_failed(self, error: str) -> None:
+        """A commit failed: a ``checkpoint_commit_failed`` event (the timeline and ``relayctl status``) and a
+        note in the trainer's log (``relayctl logs``), once per distinct failure (a staged checkpoint
+        that keeps failing is retried every poll)."""
+        if error == self.last_commit_error:
+            return
+        self.last_commit_error = error
+        log.error("checkpoint commit failed: %s", error)
+        self.tlog.note(f"checkpoint commit failed: {error}")
+        newest = self.latest.step if self.latest is not None else None
+        self.events.emit(
+            "checkpoint_commit_failed", message=error, step=self.progress.step, committed_step=newest
+        )
 
     def clear_staging(self) -> None:
         """Remove what a dead trainer left half-written, so the next one cannot trip over it: the staging

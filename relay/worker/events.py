@@ -92,7 +92,10 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             if not self._fh.closed:
-                self._fh.close()
+                try:
+                    self._fh.close()
+                except OSError as exc:  # the last lines could not be flushed: the volume is full
+                    log.warning("could not write %s: %s", self.path, exc)
 
 
 _HEADER = {"ts", "event", "run_id", "worker_id", "epoch", "message", "log_tail"}

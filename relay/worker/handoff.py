@@ -56,6 +56,8 @@ class Handoff:
             return await self.release(R.failed, EXIT_FAILED, result.detail)
         if ending is Ending.GAVE_UP:
             return await self._give_up(result)
+        if ending is Ending.VOLUME:
+            return await self._volume_failed(result)
         return await self._finalize(ending)
 
     async def _finalize(self, ending: Ending) -> Outcome:
@@ -76,6 +78,12 @@ class Handoff:
         note = "" if synced else f"; checkpoint step {latest_step} NOT synced to the remote"
         step = ctx.progress.step
         if ending is Ending.COMPLETED:
+            unfinished = self._not_completed(step, latest_step, synced)
+            if unfinished is not None:  # "completed" promises a committed (and, with a remote, synced) end
+                ctx.goto(S.RELEASING)
+                # a trainer whose checkpoints can never be committed fails the same way on every pod
+                again = not (ctx.ckpts.last_commit_invalid and latest_step != step)
+                return await self.release(R.failed, EXIT_FAILED, unfinished, restartable=again)
             return await self._complete(step, note)
         ctx.goto(S.RELEASING)
         if ending is Ending.CANCELLED:
@@ -87,6 +95,26 @@ class Handoff:
         return await self.release(
             R.preempted, EXIT_OK, f"{sig} at step {step}, checkpoint {latest_step}{note}"
         )
+
+    def _not_completed(self, step: int, latest_step: int | None, synced: bool) -> str | None:
+        """Why a trainer that exited 0 cannot be released as completed: its final checkpoint (the step
+        it last reported) is not committed, or not on the remote when there is one. None: it can."""
+        ckpts = self.ctx.ckpts
+        if latest_step is None or latest_step < step:
+            why = ckpts.last_commit_error or "the trainer left no complete checkpoint of it"
+            newest = f"step {latest_step}" if latest_step is not None else "none"
+            return (
+                f"the trainer finished at step {step} but its final checkpoint was not committed ({why}); "
+                f"newest committed checkpoint: {newest}"
+            )
+        if not synced and ckpts.syncer is not None and ckpts.remote is not None:
+            timeout = self.ctx.cfg.final_sync_timeout_s
+            last = ckpts.syncer.last_error() or f"not within final_sync_timeout_s ({timeout:g}s)"
+            return (
+                f"the trainer finished at step {step} and its final checkpoint is committed on this volume, but it "
+                f"is not on the remote {ckpts.remote.url} ({last})"
+            )
+        return None
 
     async def _complete(self, step: int, note: str) -> Outcome:
         """Completed only once the final export is on the remote (when there is one to publish)."""
@@ -146,6 +174,20 @@ class Handoff:
             log_tail=tail,
         )
 
+    async def _volume_failed(self, result: SupervisorResult) -> Outcome:
+        """The trainer crashed on a volume that is full or read-only: no restart here, another pod may."""
+        assert result.report is not None
+        tail = self.ctx.tlog.tail(FAILURE_TAIL_LINES)
+        shown = "\n".join(tail)[-2000:] if tail else "(the trainer printed nothing)"
+        detail = (
+            f"{result.detail}: this pod cannot carry the run, so its trainer ({result.report.reason}) was not "
+            f"restarted; released for another pod. Its last output:\n{shown}"
+        )
+        self.ctx.goto(S.RELEASING)
+        return await self.release(
+            R.failed, EXIT_FAILED, detail, exit_code=result.report.exit_code, log_tail=tail
+        )
+
     async def interrupted_before_training(self) -> Outcome:
         """A signal or a cancel while recovering: release at once, nothing was trained."""
         ctx = self.ctx
@@ -154,8 +196,35 @@ class Handoff:
             return await self.release(R.cancelled, EXIT_OK, "cancelled before training started")
         return await self.release(R.preempted, EXIT_OK, f"{ctx.signals.name} before training started")
 
+    async def recovery_failed(self, exc: Exception) -> Outcome:
+        """RECOVERING failed: the remote is ahead of this lease's epoch (release so that the commander
+        jumps past it), a transient problem another pod may not have (preempted), or a lasting one."""
+        from relay.remote.errors import RemoteAheadError
+
+        ctx = self.ctx
+        ctx.goto(S.RELEASING)
+        if isinstance(exc, RemoteAheadError):
+            ctx.events.emit("remote_ahead", message=str(exc), remote_epoch=exc.remote_epoch)
+            detail = (
+                f"not trained: {exc}; released so that the next grant jumps past epoch {exc.remote_epoch}"
+            )
+            done = await self.release(R.preempted, EXIT_OK, detail, remote_epoch=exc.remote_epoch)
+            done.remote_epoch = exc.remote_epoch
+            return done
+        detail = f"recovery failed: {type(exc).__name__}: {exc}"
+        log.error("%s", detail)
+        outcome = R.preempted if getattr(exc, "retryable", False) else R.failed
+        return await self.release(outcome, EXIT_FAILED, detail)
+
     async def release(
-        self, outcome: ReleaseOutcome, code: int, detail: str, *, restartable: bool = True, **fields: Any
+        self,
+        outcome: ReleaseOutcome,
+        code: int,
+        detail: str,
+        *,
+        restartable: bool = True,
+        remote_epoch: int | None = None,
+        **fields: Any,
     ) -> Outcome:
         """RELEASING: flush reports, stop renewing, hand the lease back with ``outcome``."""
         ctx = self.ctx
@@ -165,7 +234,11 @@ class Handoff:
         if ctx.fence.tripped:
             return await self.fenced()
         req = ctx.lease.release_request(
-            outcome.value, detail, restartable=restartable, **ctx.progress.release_fields()
+            outcome.value,
+            detail,
+            restartable=restartable,
+            remote_epoch=remote_epoch,
+            **ctx.progress.release_fields(),
         )
         started = time.monotonic()
         released, status = await self._send_release(req)
@@ -179,6 +252,7 @@ class Handoff:
             released=released,
             status=getattr(status, "value", status),
             release_s=round(time.monotonic() - started, 3),
+            remote_epoch=remote_epoch,
             **fields,
         )
         ctx.write_state(state=S.DONE.value, outcome=outcome.value)  # this run is over for this worker

@@ -9,9 +9,12 @@ Invariant: nothing trains without a live worker holding the lease.  Three mechan
   when the worker dies, even by ``kill -9``.  It fires on the death of the *thread* that forked, so
   the trainer must be spawned from the worker's main thread (the asyncio loop thread; never from
   ``asyncio.to_thread``).  It is not inherited by the trainer's own children, hence:
-- a *group guard*: a tiny ``bash`` in its own session that blocks reading a pipe whose write end only
-  the worker holds.  When the worker dies, the kernel closes the pipe, ``read`` sees EOF and the
-  guard SIGKILLs the trainer's whole process group.  On an orderly end the worker writes ``ok`` first.
+- a *guard* (:mod:`relay.worker.guard`): a small process in its own session that holds the lease's
+  deadline and the trainer's process group.  The worker moves the deadline after each successful
+  renewal (:meth:`TrainerProcess.set_deadline`, through a non-blocking pipe write); when it passes,
+  the guard kills the group (SIGTERM, SIGKILL after ``kill_grace_s``), whether the worker is alive,
+  stopped, starved or blocked on its own output.  When the worker dies the pipe closes and the guard
+  SIGKILLs the group at once.  On an orderly end the worker writes ``ok`` first.
 
 stdout and stderr are read by asyncio tasks into the run's :class:`~relay.worker.trainer_log.TrainerLog`.
 
@@ -27,8 +30,8 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,8 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.worker.launcher")
 
 PR_SET_PDEATHSIG = 1
-# bash, not sh: dash's kill cannot signal a process group ("-PGID" reads as an option)
-_GUARD_SCRIPT = 'read -r line; [[ $line == ok ]] && exit 0; kill -s KILL -- "-$1" 2>/dev/null; exit 0'
+#: the guard runs as a script, isolated (-I) and without site packages (-S): stdlib only, fast to start
+GUARD_SCRIPT = Path(__file__).with_name("guard.py")
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -81,14 +84,12 @@ def _pdeathsig_preexec(parent_pid: int):  # type: ignore[no-untyped-def]
 class TrainerProcess:
     """One trainer run: spawned, read, signalled as a group, guarded against the worker's death."""
 
-    def __init__(
-        self, proc: asyncio.subprocess.Process, guard: subprocess.Popen[bytes] | None, log_: TrainerLog
-    ) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, guard: GuardLink, log_: TrainerLog) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.pgid = proc.pid  # start_new_session: the trainer leads its own session and group
         self.started_at = time.monotonic()
-        self._guard = guard
+        self.guard = guard
         self._log = log_
         self._readers = [
             asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
@@ -100,9 +101,19 @@ class TrainerProcess:
 
     @classmethod
     async def start(
-        cls, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_: TrainerLog
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log_: TrainerLog,
+        deadline: float = math.inf,
+        kill_grace_s: float = 3.0,
+        guard_log: Path | None = None,
     ) -> TrainerProcess:
-        """Spawn ``argv``; must be awaited on the loop running in the worker's main thread (pdeathsig)."""
+        """Spawn ``argv`` and its guard (which kills the group at ``deadline``, a ``time.monotonic()``
+        value, unless moved); must be awaited on the loop running in the worker's main thread (pdeathsig).
+        Raises OSError when the trainer or its guard cannot be started (then nothing is left running)."""
         if threading.current_thread() is not threading.main_thread():
             log.warning("trainer spawned off the main thread: PR_SET_PDEATHSIG follows that thread")
         proc = await asyncio.create_subprocess_exec(
@@ -116,25 +127,18 @@ class TrainerProcess:
             preexec_fn=_pdeathsig_preexec(os.getpid()),
             limit=1 << 20,
         )
-        guard = None
         try:
-            guard = subprocess.Popen(
-                [
-                    shutil.which("bash") or "/bin/bash",
-                    "-c",
-                    _GUARD_SCRIPT,
-                    "relay-trainer-guard",
-                    str(proc.pid),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:  # pdeathsig alone still covers the direct child
-            log.warning("could not start the trainer group guard: %s", exc)
+            guard = GuardLink.start(proc.pid, deadline=deadline, kill_grace_s=kill_grace_s, log=guard_log)
+        except OSError as exc:  # without its guard a trainer could outlive a stalled worker's lease
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise OSError(f"cannot start the trainer's guard ({GUARD_SCRIPT}): {exc}") from None
         return cls(proc, guard, log_)
+
+    def set_deadline(self, deadline: float) -> None:
+        """The lease is proven until ``deadline`` (monotonic): tell the guard. Never blocks."""
+        self.guard.deadline(deadline)
 
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
         if stream is None:
@@ -211,15 +215,58 @@ class TrainerProcess:
         self.disarm_guard()
 
     def disarm_guard(self) -> None:
-        guard, self._guard = self._guard, None
-        if guard is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            assert guard.stdin is not None
-            guard.stdin.write(b"ok\n")
-            guard.stdin.close()
+        self.guard.disarm()
+
+
+class GuardLink:
+    """The worker's end of one trainer's guard (:mod:`relay.worker.guard`): a pipe it only writes to.
+
+    Writes are non-blocking and their failures ignored: the guard drains the pipe at once, and a guard
+    that is gone cannot be helped by waiting.  Safe to call from any thread."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        assert proc.stdin is not None
+        self._fd: int | None = proc.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, pgid: int, *, deadline: float, kill_grace_s: float, log: Path | None) -> GuardLink:
+        argv = [sys.executable, "-I", "-S", str(GUARD_SCRIPT), str(pgid), f"{kill_grace_s:g}", repr(deadline)]
+        if log is not None:
+            argv.append(str(log))
+        return cls(
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # no signal meant for the worker (a terminal's, a group's) reaches it
+                close_fds=True,
+            )
+        )
+
+    def deadline(self, deadline: float) -> None:
+        self._send(f"deadline {deadline!r}\n".encode())
+
+    def disarm(self) -> None:
+        """An orderly end: the guard exits without killing. Idempotent."""
+        self._send(b"ok\n")
+        with self._lock:
+            if self.proc.stdin is not None and self._fd is not None:
+                self._fd = None
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            guard.wait(timeout=1.0)
+            self.proc.wait(timeout=0.5)
+
+    def _send(self, line: bytes) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            with contextlib.suppress(OSError):  # BlockingIOError, BrokenPipeError: nothing to wait for
+                os.write(self._fd, line)
 
 
 def trainer_argv(launcher_dir: Path, mode: str) -> list[str]:
@@ -244,6 +291,7 @@ def trainer_env(
         RELAY_RESUME_FROM=str(resume.path) if resume is not None else "",
         RELAY_PROGRESS_FILE=str(layout.progress_file),
         RELAY_TRAIN_CONFIG=str(layout.train_config_file),
+        RELAY_SAVE_REQUEST_FILE=str(layout.save_request_file),
         RELAY_FINAL_DIR=str(layout.final_dir),
         RELAY_PYTHON=sys.executable,
         RELAY_INSTRUMENT="1" if cfg.instrument else "0",

@@ -11,9 +11,15 @@ the worker, whichever comes first:
   the network is partitioned).  A *deadman thread* watches this deadline, so even an event loop
   stalled behind something slow cannot keep a trainer alive past its lease.
 
+The same deadline is also held outside this process, by the trainer's guard
+(:mod:`relay.worker.guard`): the keeper moves it forward after each successful renewal
+(:meth:`LeaseKeeper.watch_deadline`), and the guard kills the trainer when it passes even if this
+whole process is stopped.  The deadman thread is the second line.
+
 Tripping the fence kills the trainer's process group at once (SIGTERM, SIGKILL after a short
 grace), stops the syncer, and wakes the agent, which commits and syncs nothing more and exits
-non-zero.  ``margin`` is capped at a third of the TTL so short test TTLs still leave time to renew.
+non-zero.  Whether the margin is long enough for the kill grace, and the TTL for the margin, is
+decided by :mod:`relay.worker.timing` before a lease is used.
 """
 
 from __future__ import annotations
@@ -30,11 +36,6 @@ from relay.worker.fence import Fence
 from relay.worker.lease import Lease
 
 log = logging.getLogger("relay.worker.lease")
-
-
-def effective_margin(ttl_s: float, safety_margin_s: float) -> float:
-    """The self-fencing margin actually used: the configured one, at most a third of the TTL."""
-    return max(0.0, min(safety_margin_s, ttl_s / 3.0))
 
 
 class LeaseKeeper:
@@ -55,8 +56,7 @@ class LeaseKeeper:
         granted_sent_at = lease.sent_at
         self.ttl_s = ttl_s
         self.renew_interval_s = max(0.05, lease.renew_interval_s)
-        self._configured_margin_s = safety_margin_s
-        self.margin_s = effective_margin(ttl_s, safety_margin_s)
+        self.margin_s = max(0.0, safety_margin_s)
         self.fence = fence
         self.clock = clock
         self.cancel_requested = asyncio.Event()
@@ -69,6 +69,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
+        self._watcher: Callable[[float], None] | None = None
 
     # -- deadline ---------------------------------------------------------------------------------
 
@@ -81,13 +82,23 @@ class LeaseKeeper:
     def remaining_s(self) -> float:
         return self.deadline - self.clock()
 
+    def watch_deadline(self, fn: Callable[[float], None] | None) -> None:
+        """``fn(deadline)`` now and after each successful renewal (the trainer's guard); None: stop.
+        Called on the event loop, like the renewals, so no renewal can slip between the two."""
+        self._watcher = fn
+        if fn is not None:
+            fn(self.deadline)
+
     def _renewed(self, sent_at: float, ttl_s: float) -> None:
         with self._lock:
-            if sent_at > self._last_ok_sent:
-                self._last_ok_sent = sent_at
-                self.ttl_s = ttl_s
-                self.margin_s = effective_margin(ttl_s, self._configured_margin_s)
-                self._deadline = sent_at + ttl_s - self.margin_s
+            if sent_at <= self._last_ok_sent:
+                return
+            self._last_ok_sent = sent_at
+            self.ttl_s = ttl_s
+            self._deadline = deadline = sent_at + ttl_s - self.margin_s
+        watcher = self._watcher
+        if watcher is not None:
+            watcher(deadline)
 
     def _deadman(self) -> None:
         while not self._stop.is_set():

@@ -14,9 +14,10 @@ Like torch.distributed.elastic's ``WorkerState``, the lifecycle is an explicit s
 
 - ACQUIRING: ask for the lease; retry with jittered backoff while another worker holds it; a
   closed run or (pool mode) no waiting run ends the worker with exit 0.
-- RECOVERING: commit checkpoints a dead predecessor left staged, then take the newest verified
-  checkpoint: the local volume, unless the remote holds a strictly newer one (pulled, verified);
-  none: cold start (the rules: :mod:`relay.worker.recovery`).
+- RECOVERING: claim the remote at this lease's epoch (no older epoch can publish from then on; a
+  remote already at or above it is handed back), commit checkpoints a dead predecessor left staged,
+  then take the newest verified checkpoint: the local volume, unless the remote holds a strictly
+  newer one (pulled, verified); none: cold start (the rules: :mod:`relay.worker.recovery`).
 - LAUNCHING: write the ``train:`` block, spawn ``launch_<mode>.sh`` (own process group, pdeathsig).
 - SUPERVISING: poll progress, commit finished checkpoints (in a thread) and hand them to the
   syncer, run the watchdog; renewal and reports run as their own tasks meanwhile.
@@ -138,3 +139,6 @@ class Outcome:
     exit_code: int
     detail: str
     step: int | None = None
+    #: the claim found the run's remote at this epoch (at or above the lease's): the release told the
+    #: commander, whose next grant must jump past it; the agent asks for the run again
+    remote_epoch: int | None = None

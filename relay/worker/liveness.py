@@ -25,7 +25,7 @@ from relay.worker.log_progress import parse_log_line
 
 if TYPE_CHECKING:
     from relay.worker.progress import RunProgress
-    from relay.worker.progress_tail import ProgressTail
+    from relay.worker.progress_tail import ProgressLine, ProgressTail
     from relay.worker.trainer_log import TrainerLog
 
 __all__ = ["Evidence", "Liveness"]
@@ -38,6 +38,7 @@ class Evidence:
     alive: bool = False
     step: int | None = None
     metrics: dict[str, float] | None = None
+    lines: tuple[ProgressLine, ...] = ()  # the protocol's progress lines of this poll (no heartbeats)
 
 
 class Liveness:
@@ -67,6 +68,7 @@ class Liveness:
         metrics: dict[str, float] = {}
         alive = bool(lines)
         beat_step = None
+        protocol = []
         for line in lines:  # heartbeats: alive, at the step reached; not a trainer that speaks the protocol
             if line.raw.get("heartbeat") is True:
                 beat_step = line.step
@@ -74,13 +76,14 @@ class Liveness:
                 self.seen_progress_line = True
                 step = line.step
                 metrics = dict(line.metrics)
+                protocol.append(line)
         if self.mode == "any" or (self.mode == "auto" and not self.seen_progress_line):
             shown, named = self._fallback(entries, metrics)
             alive = alive or shown
             step = named if step is None else step
         if step is None and beat_step is not None and beat_step >= self.progress.step:
             step = beat_step
-        return Evidence(alive, step, metrics or None)
+        return Evidence(alive, step, metrics or None, tuple(protocol))
 
     def _fallback(self, entries: list, metrics: dict[str, float]) -> tuple[bool, int | None]:
         """(alive, step) from output lines and a new checkpoint; metrics their log lines name are added."""

@@ -8,11 +8,16 @@ The rules, in order:
    newer checkpoints (found by the chaos suite: a graceful handoff's checkpoint 120 wiped by a stale
    step 50 from a dead pod's volume).
 2. Verify the local checkpoints, newest first; quarantine those that fail and say why
-   (:func:`relay.ckpt.verify.recover_local`).
-3. Read the remote's state, retrying transient errors.
+   (:func:`relay.ckpt.verify.recover_local`).  Hashing waits until it is needed: first only sizes are
+   checked, and when rule 4 pulls a newer checkpoint the volume's are not hashed at all (the pull
+   verifies what it installs).
+3. The remote's state is the one this lease's claim left (:func:`claim_remote`, done before anything
+   else: from then on no older epoch can publish, so what recovery sees is final).
 4. The remote holds a strictly newer step than the local survivor (or there is none): pull the
-   newest remote checkpoint that verifies.  When nothing on the remote verifies, the local
-   checkpoint is the best there is; with no local one either, recovery fails.
+   newest remote checkpoint that verifies, downloading only the files no checkpoint on the volume
+   holds (a warm standby kept the previous one here: ``relay.worker.standby``).  When nothing on the
+   remote verifies, the local checkpoint is the best there is; with no local one either, recovery
+   fails.
 5. Otherwise the local checkpoint; when the remote is behind it, hand it to the syncer so the remote
    catches up with this volume.
 6. Nothing anywhere: cold start.
@@ -37,12 +42,13 @@ if TYPE_CHECKING:
     from relay.remote.base import Remote, RemoteState
     from relay.worker.checkpoints import Checkpoints
     from relay.worker.events import EventLog
+    from relay.worker.lease import Lease
 
 log = logging.getLogger("relay.worker")
 
-#: reading the remote's state at recovery: a few quick tries, then the error decides
-STATE_READ_BACKOFF = Backoff(base_s=0.5, max_s=4.0)
-STATE_READ_ATTEMPTS = 4
+#: claiming the remote at recovery: a few quick tries, then the error decides
+CLAIM_BACKOFF = Backoff(base_s=0.5, max_s=4.0)
+CLAIM_ATTEMPTS = 4
 
 
 def remote_is_newer(local_step: int | None, remote_step: int | None) -> bool:
@@ -55,69 +61,129 @@ def remote_is_behind(local_step: int, remote_step: int | None) -> bool:
     return remote_step is None or remote_step < local_step
 
 
-async def read_remote_state(remote: Remote) -> RemoteState | None:
-    """The remote's state (None: it holds nothing), retrying retryable errors with backoff."""
+async def claim_remote(remote: Remote, lease: Lease, *, events: EventLog) -> RemoteState:
+    """Record this lease's epoch on the remote (one compare-and-swap commit) before anything trains,
+    retrying retryable errors with backoff; returns the state as claimed and says so in a
+    ``remote_claimed`` event. RemoteAheadError (the remote is at or above the lease's epoch) and
+    non-retryable errors are raised."""
     from relay.remote.base import RemoteError
 
-    for attempt in range(STATE_READ_ATTEMPTS):
+    for attempt in range(CLAIM_ATTEMPTS):
         try:
-            return await in_thread(remote.state)
+            state = await in_thread(remote.claim, lease.epoch, lease_id=lease.lease_id)
+            break
         except RemoteError as exc:
-            if not getattr(exc, "retryable", False) or attempt == STATE_READ_ATTEMPTS - 1:
+            if not getattr(exc, "retryable", False) or attempt == CLAIM_ATTEMPTS - 1:
                 raise
-            delay = STATE_READ_BACKOFF.delay(attempt, at_least_s=getattr(exc, "retry_after_s", None))
-            log.warning("remote state failed (%s); retrying in %.1fs", exc, delay)
+            delay = CLAIM_BACKOFF.delay(attempt, at_least_s=getattr(exc, "retry_after_s", None))
+            log.warning("claiming the remote failed (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
-    return None
+    events.emit(
+        "remote_claimed",
+        message=f"claimed {remote.url} at epoch {lease.epoch} ({state.describe()})",
+        remote_step=state.step,
+        step_epoch=state.step_epoch,
+        revision=state.revision,
+    )
+    return state
 
 
-async def recover(layout: RunLayout, ckpts: Checkpoints, *, events: EventLog) -> CommittedCheckpoint | None:
+async def recover(
+    layout: RunLayout, ckpts: Checkpoints, *, events: EventLog, claimed: RemoteState | None
+) -> CommittedCheckpoint | None:
     """Choose the checkpoint to resume from (see the module's rules), make it ``ckpts.latest``, and
-    report it; None means a cold start.  Raises when the remote has something but nothing usable and
-    the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try)."""
+    report it; None means a cold start.  ``claimed`` is the remote's state after this lease's claim.  Raises when the remote has something but nothing usable and
+    the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try).
+
+    The volume's checkpoints are hashed only when they may be the resume point: when the remote holds a
+    newer step than the newest the volume claims (sizes checked, no hashing), the pull comes first and
+    verifies what it installs; a handoff to a warm standby then never hashes the standby's copy twice."""
     from relay.ckpt.verify import recover_local
+    from relay.remote.base import RemoteCorruptError
 
     await ckpts.commit_ready(sync=False)  # rule 1
+    sized = await in_thread(recover_local, layout, rehash=False)  # sizes only: what the volume claims
+    remote_step = _remote_step(ckpts, claimed)  # rule 3
+    unusable: RemoteCorruptError | None = None
+    if remote_is_newer(_step(sized.checkpoint), remote_step):  # rule 4, before hashing the volume
+        try:
+            pulled = await _pull(layout, ckpts, events, skipped=sized.skipped)
+        except RemoteCorruptError as exc:
+            unusable = exc
+        else:
+            if pulled is not None:
+                return pulled
     scan = await in_thread(recover_local, layout)  # rule 2: verifies; quarantines what fails
     for skipped in getattr(scan, "skipped", []) or []:
         log.warning("skipping checkpoint %s: %s", skipped.path, skipped.reason)
     local = scan.checkpoint
-    remote_step: int | None = None
-    remote = ckpts.remote
-    if remote is not None:  # rule 3
-        state = await read_remote_state(remote)
-        remote_step = state.step if state is not None else None
-        if ckpts.syncer is not None:
-            ckpts.syncer.remote_seen(remote_step)
-    if remote is not None and remote_is_newer(local.step if local is not None else None, remote_step):
-        from relay.remote.base import RemoteCorruptError
-
-        started = time.monotonic()
+    if unusable is None and remote_is_newer(_step(local), remote_step):  # the claimed one did not verify
         try:
-            pulled = await in_thread(remote.pull_newest, layout)
+            pulled = await _pull(layout, ckpts, events, skipped=scan.skipped)
         except RemoteCorruptError as exc:
-            if local is None:
-                raise
-            # nothing on the remote verifies: the volume's checkpoint is the best there is
-            log.warning("remote unusable (%s); resuming from the local step %d", exc, local.step)
-            pulled = None
-        if pulled is not None:
-            ckpts.adopt(pulled)
-            events.emit(
-                "resumed",
-                step=pulled.step,
-                source="remote",
-                path=str(pulled.path),
-                bytes=getattr(pulled, "total_bytes", None),
-                download_s=round(time.monotonic() - started, 3),
-                skipped=len(getattr(scan, "skipped", []) or []) or None,
-            )
-            return pulled
+            unusable = exc
+        else:
+            if pulled is not None:
+                return pulled
+    if unusable is not None:
+        if local is None:
+            raise unusable
+        # nothing on the remote verifies: the volume's checkpoint is the best there is
+        log.warning("remote unusable (%s); resuming from the local step %d", unusable, local.step)
     if local is not None:  # rule 5
         ckpts.adopt(local)
-        events.emit("resumed", step=local.step, source="local", path=str(local.path), remote_step=remote_step)
+        events.emit(
+            "resumed",
+            step=local.step,
+            source="local",
+            path=str(local.path),
+            remote_step=remote_step,
+            downloaded_bytes=0,
+        )
         if ckpts.syncer is not None and remote_is_behind(local.step, remote_step):
             ckpts.syncer.submit(local)  # the remote is behind this volume: catch it up
         return local
     events.emit("resumed", step=0, source="cold_start", message="no checkpoint found: cold start")  # rule 6
     return None
+
+
+def _step(ckpt: CommittedCheckpoint | None) -> int | None:
+    return ckpt.step if ckpt is not None else None
+
+
+def _remote_step(ckpts: Checkpoints, claimed: RemoteState | None) -> int | None:
+    """Rule 3: the remote's step as this lease's claim left it (None: no remote, or nothing published),
+    told to the syncer too."""
+    if ckpts.remote is None:
+        return None
+    remote_step = claimed.step if claimed is not None else None
+    if ckpts.syncer is not None:
+        ckpts.syncer.remote_seen(remote_step)
+    return remote_step
+
+
+async def _pull(
+    layout: RunLayout, ckpts: Checkpoints, events: EventLog, *, skipped: list
+) -> CommittedCheckpoint | None:
+    """Rule 4: the newest remote checkpoint that verifies, installed and adopted (None: the remote holds
+    nothing after all); only the files no checkpoint on the volume holds are downloaded."""
+    remote = ckpts.remote
+    assert remote is not None
+    started = time.monotonic()
+    pulled = await in_thread(remote.pull_newest, layout)
+    if pulled is None:
+        return None
+    ckpts.adopt(pulled)
+    report = remote.last_pull  # what the pull moved: only the files the volume lacked
+    events.emit(
+        "resumed",
+        step=pulled.step,
+        source="remote",
+        path=str(pulled.path),
+        bytes=getattr(pulled, "total_bytes", None),
+        downloaded_bytes=report.bytes_received if report is not None else None,
+        reused_bytes=report.bytes_reused if report is not None else None,
+        download_s=round(time.monotonic() - started, 3),
+        skipped=len(skipped or []) or None,
+    )
+    return pulled

@@ -29,14 +29,16 @@ from relay.worker.events import EventLog
 from relay.worker.fence import Fence
 from relay.worker.handoff import Handoff
 from relay.worker.lease_keeper import LeaseKeeper
-from relay.worker.lifecycle import EXIT_FAILED, Lifecycle, Outcome, State
+from relay.worker.lifecycle import EXIT_CONFIG, Lifecycle, Outcome, State
 from relay.worker.progress import RunProgress
-from relay.worker.recovery import recover
+from relay.worker.recovery import claim_remote, recover
 from relay.worker.reporter import Reporter
 from relay.worker.state_file import StateFile
 from relay.worker.supervisor import Supervisor
 from relay.worker.threads import in_thread
+from relay.worker.timing import lease_problem
 from relay.worker.trainer_log import TrainerLog
+from relay.worker.volume import QuietFileHandler, volume_error
 
 if TYPE_CHECKING:
     from relay.ckpt.manifest import CommittedCheckpoint
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from relay.schema import RunSpec
     from relay.worker.lease import Lease
     from relay.worker.signals import StopSignals
+    from relay.worker.standby import Standby
 
 log = logging.getLogger("relay.worker")
 S = State
@@ -80,15 +83,21 @@ class RunSession:
         *,
         signals: StopSignals,
         lifecycle: Lifecycle,
+        standby: Standby | None = None,
     ) -> None:
         from relay.ckpt.layout import RunLayout
 
         cfg = effective_config(cfg, lease.spec)
         layout = RunLayout(cfg.relay_root, lease.run_id)
-        layout.ensure()
+        try:  # a volume that filled up or went read-only since the preflight: named, not a traceback
+            layout.ensure()
+            events = EventLog(layout.events_file, lease)
+            tlog = TrainerLog(layout.logs_dir, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
+        except OSError as exc:
+            raise volume_error(
+                cfg.relay_root, exc, f"creating the run's directory {layout.run_dir}"
+            ) from None
         fence = Fence(asyncio.get_running_loop())
-        events = EventLog(layout.events_file, lease)
-        tlog = TrainerLog(layout.logs_dir, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
         progress = RunProgress()
         self.ctx = ctx = RunContext(
             cfg=cfg,
@@ -126,24 +135,32 @@ class RunSession:
         self.supervisor = Supervisor(ctx)
         self.handoff = Handoff(ctx, self.supervisor)
         self._file_log: logging.Handler | None = None
+        self.standby = standby  # the warm standby of the wait for this lease: stopped before recovery
 
     async def run(self) -> Outcome:
         ctx = self.ctx
-        self._file_log = logging.FileHandler(ctx.layout.logs_dir / "worker.log")
-        self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("relay").addHandler(self._file_log)
-        ctx.keeper.start()
-        ctx.reporter.start()
+        self._file_log = QuietFileHandler.open(ctx.layout.logs_dir / "worker.log")
+        if self._file_log is not None:
+            self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("relay").addHandler(self._file_log)
+        unsafe = lease_problem(
+            ctx.lease.ttl_s, ctx.lease.renew_interval_s, ctx.cfg.renew_safety_margin_s, ctx.cfg.kill_grace_s
+        )
+        if unsafe is None:
+            ctx.keeper.start()
+            ctx.reporter.start()
         try:
-            return await self._run()
+            return await self._run(unsafe)
         except Interrupted:
             if ctx.fence.tripped:
                 return await self.handoff.fenced()
             raise
         finally:
+            if self.standby is not None:  # ended before recovery (fenced, signalled): never left running
+                await self.standby.stop()
             await self._cleanup()
 
-    async def _run(self) -> Outcome:
+    async def _run(self, unsafe: str | None) -> Outcome:
         ctx = self.ctx
         lease = ctx.lease
         ctx.goto(S.RECOVERING)
@@ -164,6 +181,10 @@ class RunSession:
             lease.ttl_s,
             lease.renew_interval_s,
         )
+        if unsafe is not None:  # the timing rule (relay.worker.timing): hand it back, train nothing
+            ctx.goto(S.RELEASING)
+            detail = f"this worker refuses the lease: {unsafe}"
+            return await self.handoff.release(ReleaseOutcome.preempted, EXIT_CONFIG, detail)
         try:
             resume = await ctx.guarded(self._recover())
         except Interrupted as exc:
@@ -171,19 +192,18 @@ class RunSession:
                 raise
             return await self.handoff.interrupted_before_training()
         except Exception as exc:
-            detail = f"recovery failed: {type(exc).__name__}: {exc}"
-            log.error("%s", detail)
-            ctx.goto(S.RELEASING)
-            # a transient remote problem: let another pod try
-            outcome = ReleaseOutcome.preempted if getattr(exc, "retryable", False) else ReleaseOutcome.failed
-            return await self.handoff.release(outcome, EXIT_FAILED, detail)
+            return await self.handoff.recovery_failed(exc)
         result = await self.supervisor.run(resume)
         return await self.handoff.finish(result)
 
     async def _recover(self) -> CommittedCheckpoint | None:
-        """RECOVERING: open the remote, then choose the checkpoint to resume from (relay.worker.recovery)."""
+        """RECOVERING: open the remote and claim it at this lease's epoch (no older epoch can publish
+        from then on), then choose the checkpoint to resume from (relay.worker.recovery)."""
         ctx = self.ctx
         cfg = ctx.cfg
+        if self.standby is not None:  # it must be off the volume before recovery reads it
+            await self.standby.stop()
+        claimed = None
         if cfg.remote:
             ctx.ckpts.open_remote(
                 cfg.remote,
@@ -192,7 +212,9 @@ class RunSession:
                 remote_keep_last_n=cfg.remote_keep_last_n,
                 loop=asyncio.get_running_loop(),
             )
-        return await recover(ctx.layout, ctx.ckpts, events=ctx.events)
+            assert ctx.ckpts.remote is not None
+            claimed = await claim_remote(ctx.ckpts.remote, ctx.lease, events=ctx.events)
+        return await recover(ctx.layout, ctx.ckpts, events=ctx.events, claimed=claimed)
 
     async def _cleanup(self) -> None:
         ctx = self.ctx

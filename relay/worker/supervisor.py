@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.backoff import Backoff
+from relay.worker.cadence import Cadence
 from relay.worker.context import Interrupted, RunContext
 from relay.worker.launcher import TrainerProcess, trainer_argv, trainer_env, write_train_config
 from relay.worker.lifecycle import State
 from relay.worker.liveness import Liveness
 from relay.worker.progress_tail import ProgressTail
 from relay.worker.threads import in_thread
+from relay.worker.volume import volume_problem
 from relay.worker.watchdog import ExitReport, RestartPolicy, Verdict, Watchdog, classify_exit
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class Ending(str, enum.Enum):
     RUNTIME = "runtime"
     GAVE_UP = "gave_up"
     LAUNCH_FAILED = "launch_failed"
+    VOLUME = "volume"  # the trainer crashed and the pod's volume is full or read-only
 
 
 #: a graceful stop's Watch -> Ending
@@ -76,7 +79,7 @@ class SupervisorResult:
     ending: Ending
     report: ExitReport | None = None  # GAVE_UP: the last exit
     policy: RestartPolicy | None = None  # GAVE_UP: the restarts spent
-    detail: str = ""  # LAUNCH_FAILED: why
+    detail: str = ""  # LAUNCH_FAILED, VOLUME: why
 
 
 class Supervisor:
@@ -97,11 +100,13 @@ class Supervisor:
         self.liveness = Liveness(cfg.liveness, self.tail, ctx.tlog, ctx.progress)
         self.trainer: TrainerProcess | None = None
         self.stop_started: float | None = None
+        self.cadence = Cadence(ctx)  # asks the trainer for saves by wall time (save_every_s)
 
     async def run(self, resume: CommittedCheckpoint | None) -> SupervisorResult:
         ctx = self.ctx
         if resume is not None:
             ctx.progress.trained(resume.step)
+        await self.cadence.start()
         attempt = 0
         while True:
             ctx.goto(S.LAUNCHING)
@@ -132,9 +137,11 @@ class Supervisor:
             ctx.goto(S.RESTARTING)
             await ctx.ckpts.commit_all_now()
             ctx.check_fence()
-            if delay is None:
+            volume = await self._volume_trouble() if why is Watch.EXITED else None
+            if delay is None or volume is not None:  # a full or read-only volume: a restart cannot help
                 ctx.goto(S.FINALIZING)
-                return SupervisorResult(Ending.GAVE_UP, report=report, policy=self.policy)
+                ending = Ending.GAVE_UP if volume is None else Ending.VOLUME
+                return SupervisorResult(ending, report=report, policy=self.policy, detail=volume or "")
             try:
                 await ctx.guarded(asyncio.sleep(delay))
             except Interrupted as exc:
@@ -166,13 +173,18 @@ class Supervisor:
             )
         await in_thread(ctx.ckpts.clear_staging)
         write_train_config(ctx.layout.train_config_file, ctx.cfg.train)
+        self.cadence.launching()
         trainer = await TrainerProcess.start(
             argv,
             env=trainer_env(ctx.cfg, ctx.layout, epoch=ctx.lease.epoch, resume=resume),
             cwd=ctx.layout.run_dir,
             log_=ctx.tlog,
+            deadline=ctx.keeper.deadline,
+            kill_grace_s=ctx.cfg.kill_grace_s,
+            guard_log=ctx.layout.logs_dir / "guard.log",
         )
         self.trainer = trainer
+        ctx.keeper.watch_deadline(trainer.set_deadline)  # the guard kills it when the lease is unproven
         ctx.fence.set_hook("trainer", lambda: trainer.kill_now(ctx.cfg.kill_grace_s))
         resume_step = resume.step if resume is not None else None
         ctx.events.emit(
@@ -210,6 +222,7 @@ class Supervisor:
                 asked = self._asked()
                 if asked is not None:
                     return asked
+                self.cadence.tick()
                 verdict = self.watchdog.check()
                 if verdict is Verdict.HANG:
                     return Watch.HUNG
@@ -233,6 +246,7 @@ class Supervisor:
         if not seen.alive:
             return
         self.watchdog.progress()
+        self.cadence.lines(seen.lines)
         self.ctx.progress.trained(
             seen.step if seen.step is not None else self.ctx.progress.step, seen.metrics
         )
@@ -298,6 +312,16 @@ class Supervisor:
         log.warning("trainer %s", report.reason)
         # exit code 2 is a config/data error by the trainer contract: a restart would fail the same way
         return report, self.policy.next_delay() if report.restartable else None
+
+    async def _volume_trouble(self) -> str | None:
+        """After a crash: can the volume take the next checkpoint (relay.worker.volume)? None: it can."""
+        ctx = self.ctx
+        await in_thread(
+            ctx.ckpts.clear_staging
+        )  # what the dead trainer left is removed before a launch anyway
+        latest = ctx.ckpts.latest
+        need = latest.total_bytes if latest is not None else 0
+        return await in_thread(volume_problem, [ctx.layout.staging_dir, ctx.layout.ckpt_dir], need_bytes=need)
 
     def grace_left(self) -> float:
         """What is left of grace_s, counted from the signal (or from the start of a cancel/runtime stop)."""

@@ -68,6 +68,10 @@ class SyncPort:
     def synced_step(self) -> int | None:
         return self.syncer.last_synced_step
 
+    def last_error(self) -> str | None:
+        """Why the last upload attempt failed (None after a success)."""
+        return self.syncer.last_error
+
     def gave_up(self, step: int) -> bool:
         """True when ``step`` (or anything newer) can no longer be expected on the remote."""
         if self.syncer.fenced:

@@ -7,6 +7,7 @@ reporter ships each line to the commander once, and a failure message can quote 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ class RotatingLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         self._size = self._fh.tell()
+        self._failed = False
 
     def write(self, text: str) -> None:
         if self._fh.closed:
@@ -44,15 +46,19 @@ class RotatingLog:
         try:
             self._fh.write(text)
             self._fh.flush()
-        except OSError as exc:  # a full volume must not stop training
-            log.warning("trainer log write failed: %s", exc)
+            self._failed = False
+        except OSError as exc:  # a full volume must not stop training; said once, not on every line
+            if not self._failed:
+                log.warning("trainer log write failed: %s (the lines stay in the reports)", exc)
+            self._failed = True
             return
         self._size += len(text.encode("utf-8", errors="replace"))
         if self._size >= self.max_bytes:
             self._rotate()
 
     def _rotate(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):
+            self._fh.close()
         try:
             if self.backups > 0:
                 for i in range(self.backups - 1, 0, -1):
@@ -64,12 +70,16 @@ class RotatingLog:
                 self.path.unlink(missing_ok=True)
         except OSError as exc:  # pragma: no cover
             log.warning("trainer log rotation failed: %s", exc)
-        self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        try:
+            self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:  # the volume failed: the tail in memory (and the reports) carry on
+            log.warning("trainer log %s cannot be reopened: %s", self.path, exc)
         self._size = 0
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            with contextlib.suppress(OSError):  # what could not be flushed is lost, not a crash
+                self._fh.close()
 
 
 class TrainerLog:

@@ -192,6 +192,139 @@ def test_each_broken_promise_is_caught(mutation, expected: str) -> None:  # type
 
 def test_fencing_violations_count_only_the_fencing_kinds() -> None:
     report = check(**_mutate(lambda h: (_set_death(h, (100, 1.1), 7.2), _not_completed(h))))
-    assert {v.kind for v in report.violations} == {"overlap", "incomplete"}
-    assert report.fencing_violations == 1
+    assert {v.kind for v in report.violations} == {"overlap", "alive_after_grant", "incomplete"}
+    assert report.fencing_violations == 2 and report.figures()["overlaps"] == 2
     assert "overlap" in FENCING_KINDS and "incomplete" not in FENCING_KINDS
+
+
+def test_two_processes_with_one_worker_id_are_told_apart_by_their_volumes() -> None:
+    """A copied WORKER_ID on another volume: its trainer starting while the first one lives is an overlap,
+    and each process's exit is judged by its own volume's events."""
+    h = history()
+    for rec in h["mock_records"]:
+        if rec["pid"] == 200:
+            rec.update(_worker_id="w1", _volume="/vol-b")
+    for ev in h["worker_events"]:
+        if ev["worker_id"] == "w2":
+            ev.update(worker_id="w1", _volume="/vol-b")
+    for ev in h["commander_runs"][RUN]["events"]:
+        ev["worker_id"] = "w1"
+    h["workers"] = [
+        {"worker_id": "w1", "volume": VOL, "exit_code": -9, "signals": [(3.0, "SIGKILL")], "log_path": "/x"},
+        {"worker_id": "w1", "volume": "/vol-b", "exit_code": 0, "signals": [], "log_path": "/x"},
+    ]
+    report = check(**h)
+    assert report.violations == [] and report.ends == {"killed": 1, "completed": 1}, report.summary()
+    h["deaths"][(100, 1.1)] = 7.2  # the first process's trainer outlived the second one's start
+    assert "overlap" in {v.kind for v in check(**h).violations}
+
+
+def _wiped_commander(h: dict[str, Any]) -> None:
+    """The commander's state was deleted at ts 5: its timeline starts again (w2's grant is its epoch 1)."""
+    h["actions"] = [
+        {"ts": 4.0, "action": "state_lost_kill", "mode": "delete"},
+        {"ts": 5.0, "action": "state_lost_up", "mode": "delete"},
+    ]
+    h["commander_runs"][RUN]["events"] = [
+        {"ts": 7.0, "epoch": 1, "name": "acquired", "worker_id": "w2"},
+        {"ts": 8.4, "epoch": 1, "name": "completed", "worker_id": "w2"},
+    ]
+
+
+def test_a_wiped_commander_starts_a_new_era_of_grants_but_trainers_still_go_forward() -> None:
+    h = _mutate(_wiped_commander)
+    report = check(**h)
+    assert report.violations == [] and report.faults == {"state_lost_up/delete": 1}, report.summary()
+    # a trainer that ran under an epoch already trained before the wipe: caught
+    for rec in h["mock_records"]:
+        if rec["pid"] == 200:
+            rec["epoch"] = 1
+    for ev in h["worker_events"]:
+        if ev["worker_id"] == "w2":
+            ev["epoch"] = 1
+    assert "duplicate_epoch" in {v.kind for v in check(**h).violations}
+
+
+def test_a_run_completed_before_the_state_was_lost_is_judged_by_its_remote_and_trainers() -> None:
+    h = history()
+    h["worker_events"][-1]["released"] = True
+    h["commander_runs"] = {}  # the commander's state was deleted after the run completed
+    assert "incomplete" in {v.kind for v in check(**h).violations}
+    h["actions"] = [
+        {"ts": 9.0, "action": "state_lost_kill", "mode": "delete"},
+        {"ts": 9.5, "action": "state_lost_up", "mode": "delete"},
+    ]
+    assert check(**h).violations == []
+    h["remote_states"][RUN]["step"] = MAX_STEPS - 5  # but its remote must still hold the last step
+    assert "incomplete" in {v.kind for v in check(**h).violations}
+
+
+# -- the storage side and the worker-side faults of issue 13 -----------------------------------------------
+
+
+def test_a_trainer_alive_when_a_later_epoch_was_granted_is_caught_even_before_the_next_one_starts() -> None:
+    """w1's trainer died at 7.05: after epoch 2 was granted (7.0), before w2's trainer started (7.1)."""
+    h = _mutate(lambda h: _set_death(h, (100, 1.1), 7.05))
+    assert kinds(h) == {"alive_after_grant"}
+
+
+def _remote(h: dict[str, Any], *states: tuple[int, int, int | None, int | None]) -> None:
+    """(revision, epoch, step, step_epoch) as the remote watcher saw state.json."""
+    h["remote_history"] = {
+        RUN: [
+            {
+                "ts": 1.0 + i,
+                "revision": r,
+                "epoch": e,
+                "step": st,
+                "step_epoch": se,
+                "manifest_sha256": f"m{st}",
+            }
+            for i, (r, e, st, se) in enumerate(states)
+        ]
+    }
+
+
+def test_a_publish_by_an_older_epoch_after_a_newer_claim_is_a_stale_publish() -> None:
+    clean = _mutate(lambda h: _remote(h, (1, 1, None, None), (2, 1, 5, 1), (3, 2, 5, 1), (4, 2, 20, 2)))
+    assert kinds(clean) == set() and check(**clean).remote_states_seen == 4
+    stale = _mutate(lambda h: _remote(h, (1, 1, 5, 1), (2, 2, 5, 1), (3, 2, 10, 1)))
+    assert kinds(stale) == {"stale_publish"}
+    regressed = _mutate(lambda h: _remote(h, (1, 1, 5, 1), (2, 2, 5, 1), (3, 1, 10, 1)))
+    assert kinds(regressed) == {"stale_publish", "remote_epoch_regressed"}
+
+
+def test_a_sync_event_after_a_newer_claim_is_a_stale_publish() -> None:
+    def late_sync(h: dict[str, Any]) -> None:
+        h["worker_events"] += [
+            _ev("w2", 2, "remote_claimed", 7.02, revision="3"),
+            _ev("w1", 1, "checkpoint_synced", 7.5, step=10, revision="4"),
+        ]
+
+    assert kinds(_mutate(late_sync)) == {"stale_publish"}
+    ok = _mutate(lambda h: h["worker_events"].append(_ev("w2", 2, "remote_claimed", 7.02, revision="3")))
+    assert kinds(ok) == set()
+
+
+def test_poisoned_and_commit_fail_runs_must_end_failed_with_their_reason() -> None:
+    def special(h: dict[str, Any], status: str, detail: str, *, poison: bool) -> None:
+        h["commander_runs"][RUN].update(status=status, detail=detail)
+        h["expected_runs"] = [RUN]
+        if poison:
+            h["poisoned"] = {RUN: 5.0}
+        else:
+            h["commit_fail_runs"] = [RUN]
+        h["workers"][1]["exit_code"] = 4
+        h["workers"][1]["run_id"] = RUN
+
+    ended = _mutate(lambda h: special(h, "failed", f"its remote holds epoch {2**62}", poison=True))
+    report = check(**ended)
+    assert kinds(ended) == set() and report.poisoned_ended_failed == 1 and report.runs_expected == 0
+    looping = _mutate(lambda h: special(h, "preempted", "released", poison=True))
+    assert kinds(looping) == {"poisoned_run_open"}
+    failed = _mutate(lambda h: special(h, "failed", "its final checkpoint was not committed", poison=False))
+    assert kinds(failed) == set() and check(**failed).commit_fail_ended_failed == 1
+    completed = _mutate(lambda h: special(h, "completed", "trainer finished", poison=False))
+    assert kinds(completed) == {"commit_fail_run_open"}
+    stray = _mutate(lambda h: h["workers"][1].update(exit_code=4))  # a normal run: exit 4 is a crash
+    assert "worker_crash" in kinds(stray)

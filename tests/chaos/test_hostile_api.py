@@ -24,6 +24,7 @@ from schemathesis import GenerationMode
 
 from relay.ids import ID_PATTERN, id_problem
 from relay_testkit.commander_proc import CommanderProcess
+from tests.commander.calls import cap_long_poll
 
 SECRET = "hostile-s3cret"
 KEEPER = "keeper-run-7f3a"
@@ -169,6 +170,7 @@ def _fuzz_operation(
     def run(case: Any) -> None:
         nonlocal calls
         calls += 1
+        cap_long_poll(case.body)
         response = case.call(base_url=base_url, session=session, headers=headers, timeout=10)
         try:
             case.validate_response(response, headers=headers)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 
 from relay.commander.openapi import build_openapi
 from relay_testkit.commander_proc import CommanderProcess
-from tests.commander.calls import SECRET
+from tests.commander.calls import SECRET, cap_long_poll
 
 # 413 is a rejection too (the generator happily builds multi-megabyte bodies from the array limits).
 CONFIG = schemathesis.Config.from_dict(
@@ -33,4 +33,5 @@ def fuzz_commander(tmp_path_factory):
 @schema.parametrize()
 @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_operation_never_fails_and_matches_the_document(case, fuzz_commander):
+    cap_long_poll(case.body)
     case.call_and_validate(base_url=fuzz_commander.url, headers={"Authorization": f"Bearer {SECRET}"})

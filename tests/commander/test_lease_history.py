@@ -50,7 +50,8 @@ async def test_history_across_epochs_expiry_replacement_and_resume_steps(make_co
     _, second = await acquire(client, "r1", "w2")  # epoch 2
     status, _ = await report(client, second, "w2", step=50, event="resumed")
     assert status == 200
-    _, third = await acquire(client, "r1", "w2")  # the same worker asks again: epoch 3 replaces 2
+    held = {"lease_id": second["lease_id"], "epoch": second["epoch"]}
+    _, third = await acquire(client, "r1", "w2", held_lease=held)  # w2 restarted: epoch 3 replaces 2
     status, _ = await release(client, third, "completed", "w2", step=80)
     assert status == 200
     detail = await get_run(client)

@@ -246,12 +246,30 @@ async def test_a_retried_release_survives_a_commander_restart(make_commander, tm
     assert (await release(client, grant, "cancelled"))[0] == 409
 
 
-async def test_same_worker_reacquiring_fences_its_previous_incarnation(client):
+async def test_a_worker_id_alone_does_not_take_a_live_lease_back(client):
+    """Two processes with one WORKER_ID: the second waits for the lease like anyone else (issue 13)."""
     _, old = await acquire(client, "r1", "w1")
-    status, new = await acquire(client, "r1", "w1")
+    status, denied = await acquire(client, "r1", "w1")
+    assert status == 409 and denied["holder"] == "w1" and 55 < denied["retry_after_s"] <= 60
+    assert "this worker id" in denied["detail"] and "WORKER_ID" in denied["detail"]
+    wrong = {"lease_id": "f" * 32, "epoch": old["epoch"]}
+    assert (await acquire(client, "r1", "w1", held_lease=wrong))[0] == 409
+    older = {"lease_id": old["lease_id"], "epoch": old["epoch"] - 1}
+    assert (await acquire(client, "r1", "w1", held_lease=older))[0] == 409
+    assert (await renew(client, old))[0] == 200  # the live holder was never disturbed
+    assert (await get_run(client))["epoch"] == 1
+
+
+async def test_a_restarted_worker_showing_its_lease_fences_its_previous_incarnation(client):
+    _, old = await acquire(client, "r1", "w1")
+    held = {"lease_id": old["lease_id"], "epoch": old["epoch"]}
+    status, new = await acquire(client, "r1", "w1", held_lease=held)
     assert status == 200 and new["epoch"] == 2 and new["lease_id"] != old["lease_id"]
     assert (await renew(client, old))[0] == 409
     assert (await renew(client, new))[0] == 200
+    # the proof is spent: showing it again takes nothing
+    assert (await acquire(client, "r1", "w1", held_lease=held))[0] == 409
+    assert (await acquire(client, "r1", "w2", held_lease=held))[0] == 409  # nor for another worker id
 
 
 async def test_acquire_without_run_id_hands_out_the_oldest_waiting_run_of_the_mode(client):

@@ -38,7 +38,8 @@ async def _acquire_by_other(client, run_id, grant):
 
 
 async def _acquire_by_same(client, run_id, grant):
-    code, body = await acquire(client, run_id, "w1")
+    held = {"lease_id": grant["lease_id"], "epoch": grant["epoch"]}  # a restarted worker shows its lease
+    code, body = await acquire(client, run_id, "w1", held_lease=held)
     assert code == 200 and body["epoch"] == grant["epoch"] + 1, body
 
 

@@ -87,7 +87,7 @@ def test_a_newer_schema_is_refused(tmp_path):
 def test_garbage_state_file_is_a_store_error(tmp_path):
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="cannot use state file"):
+    with pytest.raises(StoreError, match=r"is not an SQLite database .*\(check: header\)"):
         Store.open(path)
 
 

@@ -179,7 +179,7 @@ def test_two_worker_containers_hand_a_run_over(
     config.write_text(
         "mode: sft\ntrain: {max_steps: 60, save_steps: 10, step_seconds: 0.05}\n"
         "report_interval_s: 0.5\nacquire_backoff_s: 0.1\nacquire_backoff_max_s: 0.3\n"
-        "renew_safety_margin_s: 1\nkill_grace_s: 1\ngrace_s: 15\ncommander_wait_s: 30\n"
+        "renew_safety_margin_s: 1\nkill_grace_s: 0.5\ngrace_s: 15\ncommander_wait_s: 30\n"
     )
     remote = tmp_path / "shared" / "remote"  # the directory both hosts share
     a = Pod(image, tmp_path, "pod-a", commander, remote, config)

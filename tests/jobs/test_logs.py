@@ -46,7 +46,8 @@ async def test_each_line_carries_the_pod_and_epoch_whose_report_shipped_it(comma
     await release(commander, first, "preempted", "pod-a")
     _, second = await acquire(commander, "r1", "pod-b")
     await report(commander, second, "pod-b", step=2, log_tail=lines("b1"), message="resumed at step 1")
-    _, third = await acquire(commander, "r1", "pod-b")  # the same pod again: epoch 3
+    held = {"lease_id": second["lease_id"], "epoch": second["epoch"]}  # pod-b restarted, showing its lease
+    _, third = await acquire(commander, "r1", "pod-b", held_lease=held)  # epoch 3
     await report(commander, third, "pod-b", step=3, log_tail=lines("b2", stream="stderr"))
     # a late report of a fenced epoch is refused: its lines never join the timeline
     assert (await report(commander, second, "pod-b", step=9, log_tail=lines("late")))[0] == 409

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from relay.commander import runs
 from relay.schema import ReleaseOutcome, RunStatus
 from tests.commander.calls import acquire, get_run, leases_of, release, report
@@ -72,20 +76,65 @@ async def test_runs_without_a_spec_and_cancelled_runs_are_never_restarted(comman
     assert (await get_run(commander, "c"))["restarts"] == 0
 
 
+class Clocks:
+    """The lease manager's two clocks, driven by the test: ``step`` moves both (time passes), ``jump`` only
+    the wall clock (an NTP step)."""
+
+    def __init__(self, commander) -> None:
+        self.wall, self.mono = time.time(), 5_000.0  # the wall clock starts at the real one's time
+        leases = leases_of(commander)
+        leases.wall = lambda: self.wall
+        leases.monotonic = lambda: self.mono
+
+    def step(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def jump(self, seconds: float) -> None:
+        self.wall += seconds
+
+
 async def test_max_duration_is_a_budget_across_leases(commander):
     await submit(commander, spec("d", max_duration_s=100.0, max_restarts=5))
-    leases = leases_of(commander)
-    clock = {"now": 1_000_000.0}
-    leases.wall = lambda: clock["now"]
+    clocks = Clocks(commander)
     _, grant = await acquire(commander, None)
     assert grant["spec"]["max_duration_s"] == 100.0
-    clock["now"] += 60
+    clocks.step(60)
     await release(commander, grant, "preempted")
     _, grant = await acquire(commander, None, worker_id="w2")
     assert grant["spec"]["max_duration_s"] == 40.0  # what is left
-    clock["now"] += 45
+    clocks.step(45)
     _, answer = await release(commander, grant, "failed", worker_id="w2", detail="max_runtime_s reached")
     assert answer["status"] == "failed"  # restarts were left, running time was not
+
+
+@pytest.mark.parametrize("jump_s", [3600.0, -3600.0])
+async def test_a_wall_clock_step_charges_nothing_to_the_budget(commander, jump_s):
+    """An NTP step of an hour during a lease used to end the run failed (issue 13, point 7)."""
+    await submit(commander, spec("ntp", max_duration_s=100.0, max_restarts=5))
+    clocks = Clocks(commander)
+    _, grant = await acquire(commander, None)
+    clocks.step(10)
+    clocks.jump(jump_s)
+    clocks.step(10)
+    _, answer = await release(commander, grant, "failed", detail="the trainer crashed")
+    assert answer["status"] == "preempted"  # restarted: 20 s used, 80 s and 4 restarts left
+    _, grant = await acquire(commander, None, worker_id="w2")
+    assert grant["spec"]["max_duration_s"] == 80.0
+
+
+async def test_the_budget_counted_under_a_lease_survives_a_commander_restart(make_commander, tmp_path):
+    state = tmp_path / "budget.db"
+    first = await make_commander(state=state)
+    await submit(first, spec("long", max_duration_s=30.0, max_restarts=5))
+    clocks = Clocks(first)
+    _, grant = await acquire(first, None)
+    clocks.step(40)
+    assert (await report(first, grant, step=3))[0] == 200  # the report saves what the lease has used
+    await first.close()
+    second = await make_commander(state=state)  # real clocks: no time passes to speak of
+    _, answer = await release(second, grant, "failed", detail="the trainer crashed")
+    assert answer["status"] == "failed"  # 40 s counted before the restart: nothing left to restart with
 
 
 def test_the_release_rule_table():
@@ -96,3 +145,10 @@ def test_the_release_rule_table():
     assert (
         runs.status_after_release(Out.completed, cancel_requested=False, restart_allowed=True) is S.completed
     )
+    for out in (Out.preempted, Out.failed):  # a run that can never be granted again is not handed on
+        assert (
+            runs.status_after_release(out, cancel_requested=False, restart_allowed=True, grantable=False)
+            is S.failed
+        )
+    assert runs.status_after_release(Out.preempted, cancel_requested=True, grantable=False) is S.cancelled
+    assert runs.status_after_release(Out.completed, cancel_requested=False, grantable=False) is S.completed

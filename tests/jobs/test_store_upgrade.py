@@ -18,10 +18,11 @@ def test_a_version_1_state_file_is_migrated(tmp_path, monkeypatch):
         old.close()
     store = Store.open(path)
     (version,) = store._conn.execute("PRAGMA user_version").fetchone()
-    assert version == len(migrations.MIGRATIONS) == 4
+    assert version == len(migrations.MIGRATIONS) == 5
     run = store.get_run("r1")
     assert run is not None and run.epoch == 4 and run.status is RunStatus.preempted
     assert run.active_s == 0.0 and run.checkpoint_at is None and run.released_outcome is None
+    assert run.epoch_floor is None and run.lease_active_s == 0.0  # migration 5
     store.save_run(run, outbox=[NewDelivery("preempted", "{}", 3.0)])
     assert store.pending_deliveries() == 1 and store.callback_state("r1").pending == 1
     store.close()

@@ -175,15 +175,15 @@ def test_a_remote_root_under_a_file_is_not_retryable(tmp_path: Path) -> None:
     ],
 )
 def test_oserrors_that_can_never_work_are_not_retryable(tmp_path: Path, monkeypatch, code, retryable) -> None:
-    from relay.remote import filesystem as fs_mod
+    from relay.remote import fs_stage
 
     layout = RunLayout(tmp_path / "vol", "run1")
     ckpt = make_committed(layout, 3, {"w.bin": b"w"})
 
-    def failing_copy(src, dst, **_kw):  # type: ignore[no-untyped-def]
-        raise OSError(code, os.strerror(code), str(dst))
+    def failing_copy(fin, fout, **_kw):  # type: ignore[no-untyped-def]
+        raise OSError(code, os.strerror(code), "w.bin")
 
-    monkeypatch.setattr(fs_mod, "copy_file_hashed", failing_copy)
+    monkeypatch.setattr(fs_stage, "copy_fd_hashed", failing_copy)
     with pytest.raises(RemoteError) as info:
         open_remote(f"file://{tmp_path}/remote", "run1").push(ckpt, epoch=1)
     assert info.value.retryable is retryable and os.strerror(code) in str(info.value)

@@ -38,7 +38,8 @@ class ScriptedRemote:
             raise outcome
         return PushResult(ckpt.step, f"rev{ckpt.step}", 1, 1, 0)
 
-    def prune(self, keep_last_n: int) -> list[int]:
+    def prune(self, keep_last_n: int, *, epoch: int | None = None) -> list[int]:
+        assert epoch == 3  # a lease's prune is fenced by its epoch, like its pushes
         self.pruned.append(keep_last_n)
         return []
 

@@ -8,7 +8,7 @@ import time
 from relay.client import CommanderUnreachable, Fenced
 from relay.schema import RenewResponse
 from relay.worker.fence import Fence
-from relay.worker.lease_keeper import LeaseKeeper, effective_margin
+from relay.worker.lease_keeper import LeaseKeeper
 from relay_testkit.leases import make_lease
 
 
@@ -30,9 +30,27 @@ def keeper(
     )
 
 
-def test_margin_is_capped_to_a_third_of_the_ttl() -> None:
-    assert effective_margin(60, 5) == 5
-    assert effective_margin(3, 5) == 1.0
+async def test_the_deadline_moves_only_on_a_successful_renewal_and_reaches_the_watcher() -> None:
+    """The guard learns each new deadline from the keeper: at once when it starts watching, then after
+    each successful renewal (sent time + ttl - margin, with the configured margin, never capped)."""
+    answers = iter([True, False, True])
+
+    async def flaky(n: int) -> RenewResponse:
+        if not next(answers, True):
+            raise CommanderUnreachable("blip")
+        return RenewResponse(ok=True, ttl_s=1.2)
+
+    fence = Fence(asyncio.get_running_loop())
+    k = keeper(ScriptedClient(flaky), fence, ttl=1.2, interval=0.2, margin=0.5)
+    seen: list[float] = []
+    k.watch_deadline(seen.append)
+    assert seen == [k.lease.sent_at + 1.2 - 0.5]  # the configured margin, whatever the TTL
+    k.start()
+    await asyncio.sleep(0.9)
+    await k.stop()
+    assert not fence.tripped and k.failures >= 1
+    assert len(seen) == 1 + k.renewals and seen == sorted(seen)
+    k.watch_deadline(None)
 
 
 async def test_successful_renewals_keep_the_lease_past_its_ttl() -> None:

@@ -31,7 +31,7 @@ def megatron_worker(tmp_path: Path, cmd: Any, *, seconds: float) -> WorkerProc:
         run_id="meg",
         worker_id="pod",
         remote=(tmp_path / "remote").as_uri(),
-        settings={"hang_timeout_s": 2, "startup_timeout_s": 2, "max_restarts": 0, "kill_grace_s": 1},
+        settings={"hang_timeout_s": 2, "startup_timeout_s": 2, "max_restarts": 0, "kill_grace_s": 0.5},
         env={"RELAY_TRAINER_CMD": trainer, "RELAY_TRAINER": "builtin"},
     )
 

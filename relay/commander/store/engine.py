@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -33,6 +34,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from relay.commander.store.checks import (
+    StateFileError,
+    announce_new_state_file,
+    check_integrity,
+    inspect_state_file,
+)
 from relay.commander.store.migrations import MigrationError, migrate
 
 #: One statement and its parameters; a write is a list of them, applied all or nothing.
@@ -60,7 +67,10 @@ class TxEngine:
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._on_commit_error: Callable[[BaseException], None] | None = None
+        self._on_recovered: Callable[[], None] | None = None
         self.batches = 0  # commits of group-commit batches (for tests and metrics)
+        self.commit_error: StoreError | None = None  # why the last batch failed; None once one commits
+        self.lost_state = False  # the file was missing although its lock file showed it had been used
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -69,27 +79,33 @@ class TxEngine:
         """Open (creating if needed) the state at ``path``; ``":memory:"`` for a throwaway one."""
         path_s = str(path)
         lock_fd = None
+        existed = used_before = True
         if path_s != ":memory:":
             parent = Path(path_s).resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"state directory {parent} does not exist")
+            existed = _checked(Path(path_s), parent)  # before the lock file changes the directory
+            used_before = Path(path_s + ".lock").exists()
             lock_fd = _lock(path_s + ".lock")
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path_s, isolation_level=None, timeout=5.0)
+            if existed and path_s != ":memory:":
+                check_integrity(conn, Path(path_s))
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             migrate(conn, path_s)
             store = cls(conn, path_s, lock_fd)
+            store.lost_state = not existed and used_before
         except BaseException as exc:
             if conn is not None:
                 conn.close()
             if lock_fd is not None:
                 os.close(lock_fd)
-            if isinstance(exc, MigrationError):
+            if isinstance(exc, (MigrationError, StateFileError)):
                 raise StoreError(str(exc)) from None
             if isinstance(exc, sqlite3.DatabaseError):
-                raise StoreError(f"cannot use state file {path_s}: {exc}") from exc
+                raise StoreError(f"cannot use state file {path_s}: {_why(exc)}") from exc
             raise
         store._sync_full = True
         return store
@@ -107,7 +123,10 @@ class TxEngine:
     # ------------------------------------------------------------------ transactions
 
     def start_group_commit(
-        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[BaseException], None] | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         """Batch the commits of writes made during one event-loop iteration into one transaction.
 
@@ -117,10 +136,12 @@ class TxEngine:
         runs once the handlers already scheduled have had their turn: under load one
         fsync covers many grants.  A caller that must not answer before its write is
         on disk awaits :meth:`committed`.  ``on_error`` is called when a batch fails
-        to commit (it was rolled back), so in-memory state can be rebuilt from disk.
+        to commit (it was rolled back), so in-memory state can be rebuilt from disk;
+        ``on_recovered`` when a batch commits again after one failed.
         """
         self._loop = loop
         self._on_commit_error = on_error
+        self._on_recovered = on_recovered
 
     def stop_group_commit(self) -> None:
         """Commit the open batch now and go back to one commit per write."""
@@ -156,7 +177,8 @@ class TxEngine:
                     self._conn.execute(sql, params)
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                    self._conn.execute("ROLLBACK")
                 raise
             return
         if self._tx_open and durable and not self._tx_durable:
@@ -172,9 +194,12 @@ class TxEngine:
         try:
             for sql, params in work:
                 self._conn.execute(sql, params)
-        except BaseException:
-            self._conn.execute("ROLLBACK TO relay_write")
-            self._conn.execute("RELEASE relay_write")
+        except BaseException as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK TO relay_write")
+                self._conn.execute("RELEASE relay_write")
+            else:  # SQLite rolled the whole batch back itself (a full disk, an I/O error): it is lost
+                self._end_batch(StoreError(f"could not write to state file {self.path}: {exc}"))
             raise
         self._conn.execute("RELEASE relay_write")
 
@@ -184,20 +209,26 @@ class TxEngine:
             self._commit_batch()
 
     def _commit_batch(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            self._end_batch(StoreError(f"could not commit to state file {self.path}: {exc}"))
+            return
+        self.batches += 1
+        self._end_batch(None)
+
+    def _end_batch(self, error: StoreError | None) -> None:
+        """The batch is over, committed (``error`` None) or lost: answer its waiters, tell the owner."""
         waiters, self._waiters = self._waiters, []
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        error: BaseException | None = None
-        try:
-            self._conn.execute("COMMIT")
-            self.batches += 1
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            error = StoreError(f"could not commit to state file {self.path}: {exc}")
-        finally:
-            self._tx_open = self._tx_durable = False
+        self._tx_open = self._tx_durable = False
+        recovered = error is None and self.commit_error is not None
+        self.commit_error = error
         for fut in waiters:
             if not fut.done():
                 if error is None:
@@ -206,10 +237,46 @@ class TxEngine:
                     fut.set_exception(error)
         if error is not None and self._on_commit_error is not None:
             self._on_commit_error(error)
+        if recovered and self._on_recovered is not None:
+            self._on_recovered()
+
+
+def _checked(path: Path, parent: Path) -> bool:
+    """The file checks that need no SQLite (``relay.commander.store.checks``): True when the state file
+    exists and passed them; a missing one is announced.  Raises StoreError naming the failed check."""
+    try:
+        existed = inspect_state_file(path)
+    except StateFileError as exc:
+        raise StoreError(str(exc)) from None
+    except OSError as exc:
+        raise StoreError(f"cannot read state file {path}: {exc.strerror or exc}") from None
+    if not existed:
+        announce_new_state_file(path)
+    return existed
+
+
+def _why(exc: sqlite3.DatabaseError) -> str:
+    """SQLite's words, plus what to do about the two an operator meets most."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        return f"{text} (the state file or its directory is read-only: the commander must write its state)"
+    if "disk is full" in text:
+        return f"{text} (free space on the state file's volume)"
+    return text
 
 
 def _lock(lock_path: str) -> int:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        where = Path(lock_path).parent
+        if exc.errno == errno.EROFS:
+            raise StoreError(
+                f"cannot write the state next to {lock_path[: -len('.lock')]}: {where} is on a read-only "
+                "filesystem; the commander must write its state there (mount it read-write, or pick another "
+                "--state / RELAY_STATE)"
+            ) from None
+        raise StoreError(f"cannot create the state lock file {lock_path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

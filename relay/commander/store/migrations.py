@@ -130,6 +130,13 @@ MIGRATIONS: tuple[str, ...] = (
         last_step = (SELECT step FROM metrics m WHERE m.run_id = leases.run_id AND m.epoch = leases.epoch
                      ORDER BY m.id DESC LIMIT 1);
     """,
+    # 5 (fencing against storage, budgets on a monotonic clock): the highest epoch known to exist outside
+    # this state - its remote's, or one a holder showed - which the next grant goes past, and the running
+    # time of the current lease as of its last save, so a restart keeps its count without the wall clock.
+    """
+    ALTER TABLE runs ADD COLUMN epoch_floor INTEGER;
+    ALTER TABLE runs ADD COLUMN lease_active_s REAL NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -153,7 +160,8 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(f"PRAGMA user_version={index + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                conn.execute("ROLLBACK")
             raise
 
 

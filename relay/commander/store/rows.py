@@ -35,8 +35,10 @@ class RunRow:
     lease_granted_at: float | None = None
     released_lease_id: str | None = None
     checkpoint_at: float | None = None  # wall clock when latest_checkpoint last changed
-    active_s: float = 0.0  # seconds spent under ended leases (the max_duration_s budget)
+    active_s: float = 0.0  # seconds spent under ended leases (the max_duration_s budget), monotonic
     released_outcome: str | None = None  # the outcome of the release of released_lease_id
+    epoch_floor: int | None = None  # the highest epoch known outside this state (its remote, a holder)
+    lease_active_s: float = 0.0  # seconds under the current lease as of its last save (monotonic)
 
     def apply_progress(
         self, wall: float, step: int | None, checkpoint: CheckpointRef | None, remote_step: int | None
@@ -52,11 +54,14 @@ class RunRow:
             self.remote_step = remote_step
         self.updated_at = wall
 
-    def end_lease(self, wall: float) -> None:
-        """The current lease ends (released or expired): its time counts against the run's running
-        time (the max_duration_s budget) and nobody holds the run."""
-        if self.lease_granted_at is not None:
-            self.active_s += max(0.0, wall - self.lease_granted_at)
+    def end_lease(self, wall: float, lease_s: float) -> None:
+        """The current lease ends (released, expired or replaced) after ``lease_s`` seconds: they count
+        against the run's running time (the max_duration_s budget) and nobody holds the run.
+
+        ``lease_s`` is measured on the monotonic clock by the lease manager, never as a difference of
+        wall-clock times, so a clock step (NTP) charges nothing."""
+        self.active_s += max(0.0, lease_s)
+        self.lease_active_s = 0.0
         self.lease_id = self.lease_worker = self.lease_granted_at = None
         self.updated_at = wall
 
