@@ -22,6 +22,7 @@ _START = b"POST /api/lease/renew HTTP/1.1\r\nHost: relay\r\nContent-Type: applic
 class SlowStats:
     opened: int = 0
     open_now: int = 0
+    open_peak: int = 0  # the most open at once
     answered_408: int = 0
     answered_503: int = 0
     closed_silently: int = 0
@@ -90,6 +91,7 @@ class SlowClients:
                 continue
             self.stats.opened += 1
             self.stats.open_now += 1
+            self.stats.open_peak = max(self.stats.open_peak, self.stats.open_now)
             try:
                 await self._trickle(reader, writer, index)
             finally:

@@ -14,4 +14,8 @@ export HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 TOKENIZE
 # DeepSpeed's JIT-built ops of this checkout's venv, kept with it (a shared ~/.cache dir is rebuilt, and
 # locked, by every other venv on the machine)
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
-exec .venv/bin/python -m pytest "$@"
+# A build killed midway (a trainer SIGKILLed during its first start) leaves torch's build lock behind, and
+# every later build waits on it forever; nothing builds before the tests start, so a lock here is stale.
+rm -f "$TORCH_EXTENSIONS_DIR"/*/lock
+# Two test processes by default (PYTEST_WORKERS=0: one): most tests wait on real processes, not the CPU.
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"

@@ -292,42 +292,11 @@ def _commit_locked(
 ) -> CommittedCheckpoint:
     layout.ckpt_dir.mkdir(parents=True, exist_ok=True)
     _housekeeping(layout)
-    if parse_step(staged.step) is None:
-        if not src.is_dir() or src.is_symlink():
-            raise InvalidStagedCheckpoint(f"staged checkpoint {src} no longer exists")
-        reason = f"step {str(staged.step)[:40]} is not an integer in 0..{INT64_MAX}"
-        where = _reject(layout, src, reason)
-        raise InvalidStagedCheckpoint(f"staged checkpoint {src}: {reason}; moved to {where}")
+    already = _admit(layout, staged, src)
+    if already is not None:
+        return already
     dest = layout.step_dir(staged.step)
-    if not src.is_dir() or src.is_symlink():
-        if (dest / MANIFEST_NAME).is_file():  # another process committed it while we waited for the lock
-            manifest, data = read_manifest(dest)
-            return committed_from_manifest(dest, manifest, data)
-        raise InvalidStagedCheckpoint(f"staged checkpoint {src} no longer exists")
-    repair_latest(layout)
-    newest = newest_committed_step(layout)
-    if newest is not None and staged.step <= newest:
-        _discard(layout, src)
-        log.warning("discarded staged %s: step %d is not newer than committed %d", src, staged.step, newest)
-        raise StaleStagedCheckpoint(staged.step, newest, str(src))
-
-    # A manifest.json already in the staged dir is ours from a killed attempt (rewritten below) --
-    # unless it is not a relay manifest at all: the name is reserved, so refuse rather than clobber it.
-    if (src / MANIFEST_NAME).exists():
-        try:
-            read_manifest(src)
-        except ManifestError as exc:
-            where = _reject(layout, src)
-            raise InvalidStagedCheckpoint(
-                f"staged checkpoint holds its own {MANIFEST_NAME}, a name relay reserves ({exc}); moved to {where}"
-            ) from None
-    _remove_temp_files(src)
-    try:
-        rels = list_checkpoint_files(src)
-    except InvalidStagedCheckpoint as exc:
-        where = _reject(layout, src)
-        raise InvalidStagedCheckpoint(f"{exc}; moved to {where}") from None
-
+    rels = _files_to_commit(layout, src)
     entries = hash_tree(src, rels, fsync=True, workers=workers, on_chunk=_mid_file_hook)
     _phase("before_manifest")
     manifest = Manifest(
@@ -366,6 +335,53 @@ def _commit_locked(
         "committed step %d (%d files, %d bytes) -> %s", staged.step, len(entries), committed.total_bytes, dest
     )
     return committed
+
+
+def _admit(layout: RunLayout, staged: StagedCheckpoint, src: Path) -> CommittedCheckpoint | None:
+    """Whether ``src`` may be committed as ``staged.step``: raises when it may not (a bad step, gone,
+    not newer than what is committed); the committed checkpoint when another process committed it while
+    this one waited for the lock; None to go on."""
+    if parse_step(staged.step) is None:
+        if not src.is_dir() or src.is_symlink():
+            raise InvalidStagedCheckpoint(f"staged checkpoint {src} no longer exists")
+        reason = f"step {str(staged.step)[:40]} is not an integer in 0..{INT64_MAX}"
+        where = _reject(layout, src, reason)
+        raise InvalidStagedCheckpoint(f"staged checkpoint {src}: {reason}; moved to {where}")
+    dest = layout.step_dir(staged.step)
+    if not src.is_dir() or src.is_symlink():
+        if (dest / MANIFEST_NAME).is_file():  # another process committed it while we waited for the lock
+            manifest, data = read_manifest(dest)
+            return committed_from_manifest(dest, manifest, data)
+        raise InvalidStagedCheckpoint(f"staged checkpoint {src} no longer exists")
+    repair_latest(layout)
+    newest = newest_committed_step(layout)
+    if newest is not None and staged.step <= newest:
+        _discard(layout, src)
+        log.warning("discarded staged %s: step %d is not newer than committed %d", src, staged.step, newest)
+        raise StaleStagedCheckpoint(staged.step, newest, str(src))
+    return None
+
+
+def _files_to_commit(layout: RunLayout, src: Path) -> list[str]:
+    """The staged checkpoint's files (relative paths), its temp files removed; a checkpoint that holds
+    what relay cannot commit (its own manifest.json, a link, a special file) is moved aside and refused."""
+    # A manifest.json already in the staged dir is ours from a killed attempt (rewritten below) --
+    # unless it is not a relay manifest at all: the name is reserved, so refuse rather than clobber it.
+    if (src / MANIFEST_NAME).exists():
+        try:
+            read_manifest(src)
+        except ManifestError as exc:
+            where = _reject(layout, src)
+            raise InvalidStagedCheckpoint(
+                f"staged checkpoint holds its own {MANIFEST_NAME}, a name relay reserves ({exc}); moved to {where}"
+            ) from None
+    _remove_temp_files(src)
+    try:
+        rels = list_checkpoint_files(src)
+    except InvalidStagedCheckpoint as exc:
+        where = _reject(layout, src)
+        raise InvalidStagedCheckpoint(f"{exc}; moved to {where}") from None
+    return rels
 
 
 def _reshape_megatron(layout: RunLayout, staged: list[StagedCheckpoint], lock_timeout_s: float) -> bool:

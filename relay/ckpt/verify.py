@@ -140,40 +140,44 @@ def verify_checkpoint(
                 manifest,
                 sha,
             )
-        try:
-            present = set(list_checkpoint_files(path))
-        except InvalidStagedCheckpoint as exc:
-            return _fail(UNSAFE_FILE, str(exc), manifest, sha)
-        listed = {f.path for f in manifest.files}
-        missing = sorted(listed - present)
-        if missing:
-            return _fail(MISSING_FILE, f"missing file {missing[0]}" + _more(missing), manifest, sha)
-        extra = sorted(present - listed)
-        if extra:
-            return _fail(EXTRA_FILE, f"file not in manifest: {extra[0]}" + _more(extra), manifest, sha)
-        for f in manifest.files:
-            size = os.stat(path / f.path).st_size
-            if size != f.size:
-                return _fail(
-                    SIZE_MISMATCH,
-                    f"{f.path}: size {size} bytes, manifest says {f.size} (truncated?)",
-                    manifest,
-                    sha,
-                )
-        if rehash:
-            actual = hash_tree(path, [f.path for f in manifest.files], workers=workers)
-            bad = [
-                f.path
-                for f, a in zip(manifest.files, actual, strict=True)
-                if f.sha256 != a.sha256 or f.size != a.size
-            ]
-            if bad:
-                return _fail(
-                    HASH_MISMATCH, f"{bad[0]}: sha256 does not match the manifest" + _more(bad), manifest, sha
-                )
+        problem = _files_problem(path, manifest, rehash=rehash, workers=workers)
+        if problem is not None:
+            return _fail(problem[0], problem[1], manifest, sha)
         return VerifyResult(ok=True, reason=None, manifest=manifest, code=None, manifest_sha256=sha)
     except OSError as exc:
         return _fail(UNREADABLE, f"cannot read {exc.filename or path}: {exc.strerror or exc}")
+
+
+def _files_problem(
+    path: Path, manifest: Manifest, *, rehash: bool, workers: int | None
+) -> tuple[str, str] | None:
+    """The first way the directory's files differ from the manifest, as (code, reason); None: they match.
+    Missing, extra and unsafe files and sizes first (cheap), then the hashes when ``rehash``."""
+    try:
+        present = set(list_checkpoint_files(path))
+    except InvalidStagedCheckpoint as exc:
+        return (UNSAFE_FILE, str(exc))
+    listed = {f.path for f in manifest.files}
+    missing = sorted(listed - present)
+    if missing:
+        return (MISSING_FILE, f"missing file {missing[0]}" + _more(missing))
+    extra = sorted(present - listed)
+    if extra:
+        return (EXTRA_FILE, f"file not in manifest: {extra[0]}" + _more(extra))
+    for f in manifest.files:
+        size = os.stat(path / f.path).st_size
+        if size != f.size:
+            return (SIZE_MISMATCH, f"{f.path}: size {size} bytes, manifest says {f.size} (truncated?)")
+    if rehash:
+        actual = hash_tree(path, [f.path for f in manifest.files], workers=workers)
+        bad = [
+            f.path
+            for f, a in zip(manifest.files, actual, strict=True)
+            if f.sha256 != a.sha256 or f.size != a.size
+        ]
+        if bad:
+            return (HASH_MISMATCH, f"{bad[0]}: sha256 does not match the manifest" + _more(bad))
+    return None
 
 
 def _more(items: list[str]) -> str:

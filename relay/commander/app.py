@@ -24,23 +24,21 @@ import contextlib
 import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from relay import __version__
 from relay.backoff import Backoff
 from relay.commander import metrics, ui
+from relay.commander.answers import ApiError, error, error_answer, json_answer
 from relay.commander.auth import SharedSecretAuth
 from relay.commander.callbacks import CallbackDispatcher
 from relay.commander.config import CallbackSettings
 from relay.commander.connections import BODY_DEADLINE, body_deadline
 from relay.commander.control import RunControl
-from relay.commander.errors import LeaseHeldError, RuleError
 from relay.commander.leases import LeaseManager
 from relay.commander.openapi import build_openapi
 from relay.commander.ratelog import RateLimitedLog
@@ -61,10 +59,8 @@ from relay.commander.views import RunViews
 from relay.commander.wakeups import Wakeups
 from relay.ids import id_problem
 from relay.schema import (
-    AcquireDenied,
     AcquireGranted,
     AcquireRequest,
-    ErrorResponse,
     HealthResponse,
     ReleaseRequest,
     ReleaseResponse,
@@ -74,7 +70,6 @@ from relay.schema import (
     ReportResponse,
     RunList,
     RunSpec,
-    RunStatus,
 )
 
 log = logging.getLogger("relay.commander")
@@ -84,95 +79,6 @@ MAX_BODY_BYTES = 1024 * 1024
 STORE_BACKOFF = Backoff(0.5, 10.0)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """A request error found in the HTTP layer (path parameter, query, body size)."""
-
-    def __init__(self, http_status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
-        self.field = field
-
-
-def _json(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(body=model.__pydantic_serializer__.to_json(model), status=status, content_type=JSON)
-
-
-def _error(
-    http_status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    *,
-    run_status: RunStatus | None = None,
-    detail: object = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    body = ErrorResponse(error=message, code=code, field=field, status=run_status, detail=detail)
-    response = _json(body, http_status)
-    if headers:
-        response.headers.update(headers)
-    return response
-
-
-_FRIENDLY = {
-    "extra_forbidden": "unknown field",
-    "missing": "field required",
-}
-
-
-def _validation_error(exc: ValidationError) -> web.Response:
-    """400 for a body that is not a JSON object or a bad id, 422 for other field errors; names the field."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    if not errors:  # pragma: no cover - pydantic always lists at least one
-        return _error(400, "validation_error", "invalid request body", "body")
-    first = next((e for e in errors if e["type"] == "invalid_id"), errors[0])
-    loc = ".".join(str(p) for p in first["loc"])
-    detail = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "type": e["type"], "message": e["msg"]}
-        for e in errors
-    ]
-    if first["type"] == "json_invalid":
-        return _error(400, "malformed_json", f"body is not valid JSON: {first['msg']}", "body", detail=detail)
-    if not loc:
-        return _error(400, "bad_body", f"body must be a JSON object: {first['msg']}", "body", detail=detail)
-    message = _FRIENDLY.get(first["type"], first["msg"])
-    if first["type"] == "invalid_id":
-        return _error(400, "invalid_id", f"{loc}: {message}", loc, detail=detail)
-    return _error(422, "validation_error", f"{loc}: {message}", loc, detail=detail)
-
-
-def _error_answer(
-    endpoint: Endpoint, request: web.Request, exc: Exception, store_log: RateLimitedLog
-) -> web.Response:
-    """The answer to a handler that raised: the only place an exception becomes an HTTP answer."""
-    if isinstance(exc, ValidationError):
-        return _validation_error(exc)
-    if isinstance(exc, LeaseHeldError):
-        denied = AcquireDenied(
-            holder=exc.holder, retry_after_s=exc.retry_after_s, status=exc.status, detail=str(exc)
-        )
-        return _json(denied, 409)
-    if isinstance(exc, RuleError):
-        if endpoint.handler == "acquire" and exc.http_status == 409:
-            return _json(AcquireDenied(status=exc.status, detail=str(exc)), 409)
-        return _error(
-            exc.http_status, exc.code, str(exc), exc.field, run_status=exc.status, detail=exc.detail
-        )
-    if isinstance(exc, ApiError):
-        answer = _error(exc.http_status, exc.code, str(exc), exc.field)
-        if exc.http_status == 408:
-            answer.force_close()  # the rest of a slow body is not waited for
-        return answer
-    if isinstance(exc, (StoreError, sqlite3.Error)):  # a full disk fails every request: said once in a while
-        store_log.log(
-            logging.ERROR, "store", "state store error on %s %s: %s", request.method, request.path, exc
-        )
-        return _error(503, "store_error", f"commander state store error: {exc}")
-    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
-    return _error(500, "internal_error", "internal commander error (see the commander's log)")
 
 
 def _path_id(request: web.Request, name: str = "run_id") -> str:
@@ -257,7 +163,7 @@ class CommanderApi:
 
         async def handler(request: web.Request) -> web.StreamResponse:
             if check is not None and not check(request.headers):
-                return _error(
+                return error(
                     401,
                     "unauthorized",
                     "missing or wrong shared secret: send 'Authorization: Bearer <secret>'",
@@ -266,12 +172,12 @@ class CommanderApi:
             try:
                 response = await fn(request)
             except Exception as exc:
-                response = _error_answer(endpoint, request, exc, self.store_log)
+                response = error_answer(endpoint, request, exc, self.store_log)
             if endpoint.mutates:
                 try:
                     await self.store.committed()
                 except StoreError as exc:
-                    return _error_answer(endpoint, request, exc, self.store_log)
+                    return error_answer(endpoint, request, exc, self.store_log)
             return response
 
         handler.__name__ = endpoint.handler
@@ -281,13 +187,13 @@ class CommanderApi:
         """JSON 404/405 for anything outside :data:`ENDPOINTS`."""
         allowed = sorted({method for regex, method in self._known_paths if regex.fullmatch(request.path)})
         if allowed:
-            return _error(
+            return error(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}",
                 headers={"Allow": ", ".join(allowed)},
             )
-        return _error(404, "no_route", f"no endpoint {request.method} {request.path}")
+        return error(404, "no_route", f"no endpoint {request.method} {request.path}")
 
     async def sweeper(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: end expired leases in the background, so waiting runs show up promptly."""
@@ -328,7 +234,7 @@ class CommanderApi:
     # ------------------------------------------------------------------ handlers
 
     async def health(self, request: web.Request) -> web.StreamResponse:
-        return _json(
+        return json_answer(
             HealthResponse(ok=True, version=__version__, time=time.time(), lease_ttl_s=self.leases.ttl_s)
         )
 
@@ -338,7 +244,7 @@ class CommanderApi:
     async def acquire(self, request: web.Request) -> web.StreamResponse:
         req = AcquireRequest.model_validate_json(await _body(request))
         grant, waited = await self.wakeups.acquire(req, connected=lambda: _connected(request))
-        return _json(
+        return json_answer(
             AcquireGranted(
                 run_id=grant.run.run_id,
                 lease_id=grant.lease.lease_id,
@@ -358,35 +264,35 @@ class CommanderApi:
 
     async def release(self, request: web.Request) -> web.StreamResponse:
         req = ReleaseRequest.model_validate_json(await _body(request))
-        return _json(ReleaseResponse(ok=True, status=self.leases.release(req)))
+        return json_answer(ReleaseResponse(ok=True, status=self.leases.release(req)))
 
     async def report(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         req = ReportRequest.model_validate_json(await _body(request))
         self.leases.report(run_id, req)
-        return _json(ReportResponse(ok=True))
+        return json_answer(ReportResponse(ok=True))
 
     async def list_runs(self, request: web.Request) -> web.StreamResponse:
-        return _json(RunList(runs=self.views.summaries(), now=time.time()))
+        return json_answer(RunList(runs=self.views.summaries(), now=time.time()))
 
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         events = _query_int(request, EVENTS_PARAM)
         metrics_points = _query_int(request, METRICS_PARAM)
         leases = _query_int(request, LEASES_PARAM)
-        return _json(self.views.detail(run_id, events=events, metrics=metrics_points, leases=leases))
+        return json_answer(self.views.detail(run_id, events=events, metrics=metrics_points, leases=leases))
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         spec = RunSpec.model_validate_json(await _body(request))
         row, created = self.control.submit(spec)
-        return _json(self.views.detail(row.run_id), 201 if created else 200)
+        return json_answer(self.views.detail(row.run_id), 201 if created else 200)
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         run_id = _path_id(request)
         since = _query_int(request, SINCE_PARAM)
         limit = _query_int(request, LIMIT_PARAM)
         tail = _query_int(request, TAIL_PARAM)
-        return _json(self.views.log_page(run_id, after=since, limit=limit, tail=tail))
+        return json_answer(self.views.log_page(run_id, after=since, limit=limit, tail=tail))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         # The gauges are computed now, at scrape time, never on the lease path.
@@ -397,7 +303,7 @@ class CommanderApi:
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         row = self.control.cancel(_path_id(request))
-        return _json(self.views.summary(row))
+        return json_answer(self.views.summary(row))
 
 
 def _connected(request: web.Request) -> bool:

@@ -147,3 +147,19 @@ def kill_trainer_group(pid: int) -> bool:
         return False
     kill_group(pid)
     return True
+
+
+def log_tails(workdir: Path, run_id: str, pods: tuple[str, ...], *, lines: int = 12) -> list[str]:
+    """The last lines of each child's output and of each pod's trainer log: where to look first when the
+    demo fails (headed ``--- last lines of PATH``, indented)."""
+    logs = [workdir / "logs" / f"{n}.log" for n in ("assets", "commander", *pods)]
+    logs += [workdir / pod / "runs" / run_id / "logs" / "trainer.log" for pod in pods]
+    out: list[str] = []
+    for path in logs:
+        try:
+            tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        out.append(f"--- last lines of {path}")
+        out += [f"    {line}" for line in tail]
+    return out

@@ -27,18 +27,17 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from relay.demo.children import Child, kill_trainer_group
-from relay.demo.timeline import PodWatcher, Timeline
+from relay.demo.children import Child, kill_trainer_group, log_tails
+from relay.demo.timeline import LeaseView, PodWatcher, Timeline
 from relay.demo.verdict import RelayFacts, check_relay, summary_lines
+from relay.demo.workdir import finish_workdir, kept_message, prepare_workdir
 
 RUN_ID = "demo-sft"
 POD_A = "pod-a"
@@ -85,9 +84,8 @@ class Demo:
         self.url = ""
         self.secret = secrets.token_hex(16)
         self.remote_url = ""
-        self._last_lease_view: tuple[Any, ...] | None = None
+        self.lease_view = LeaseView(RUN_ID)
         self._next_commander_poll = 0.0
-        self._commander_warned = False
         self.client: Any = None  # the CommanderClient while _main runs
 
     # ------------------------------------------------------------------------------------ entry
@@ -96,6 +94,8 @@ class Demo:
         """Run the demo; always stop every child and (unless kept) remove the work directory."""
         ok = False
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Ctrl-C stops the demo even when it was started with SIGINT ignored (a background job of a shell)
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             try:
                 self._prepare_workdir()
@@ -119,40 +119,18 @@ class Demo:
         finally:
             self.shutdown()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             self._finish_workdir(keep=self.opts.keep or not ok)
 
-    # ------------------------------------------------------------------------------ directories
-
     def _prepare_workdir(self) -> None:
-        if self.opts.workdir is not None:
-            wd = self.opts.workdir.expanduser().resolve()
-            self.created_workdir = not wd.exists()
-            wd.mkdir(parents=True, exist_ok=True)
-        else:
-            wd = Path(tempfile.mkdtemp(prefix="relay-demo-")).resolve()
-            self.created_workdir = True
-        self.workdir = wd
-        for sub in ("commander", "remote", "assets", POD_A, POD_B, "logs"):
-            (wd / sub).mkdir(exist_ok=True)
-        self.remote_url = (wd / "remote").as_uri()
+        self.workdir, self.created_workdir = prepare_workdir(self.opts.workdir, (POD_A, POD_B))
+        self.remote_url = (self.workdir / "remote").as_uri()
 
     def _finish_workdir(self, *, keep: bool) -> None:
-        wd = self.workdir
-        if wd is None:
-            return
-        if keep:
-            self.tl.plain(
-                f"relay demo: directories kept in {wd}: commander/ (SQLite state), remote/ (the file:// remote), "
-                f"{POD_A}/ and {POD_B}/ (each pod's volume), logs/ (commander and worker output)"
-            )
-        elif self.created_workdir:
-            shutil.rmtree(wd, ignore_errors=True)
-        else:  # an empty directory the user named: empty it again, leave the directory
-            for entry in wd.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+        if self.workdir is not None:
+            if keep:
+                self.tl.plain(kept_message(self.workdir, (POD_A, POD_B)))
+            finish_workdir(self.workdir, created=self.created_workdir, keep=keep)
 
     # ---------------------------------------------------------------------------------- children
 
@@ -300,6 +278,11 @@ class Demo:
                 child.stop(grace_s=0.0)
             self._kill_trainers()
 
+    def _print_log_tails(self) -> None:
+        if self.workdir is not None:
+            for line in log_tails(self.workdir, RUN_ID, (POD_A, POD_B)):
+                self.tl.plain(line)
+
     def _kill_trainers(self) -> None:
         for watcher in self.watchers.values():
             for pid in watcher.facts.trainer_pids:
@@ -313,15 +296,7 @@ class Demo:
 
         opts = self.opts
         assert self.workdir is not None
-        self.tl.plain(
-            f"relay demo: one SFT run ({opts.steps} steps, checkpoint every {opts.save_steps}) carried by two "
-            f"pods; pod-a is preempted at step {opts.preempt_at}"
-            + (f"; DeepSpeed config {opts.deepspeed}" if opts.deepspeed else "")
-        )
-        self.tl.plain(
-            f"relay demo: work directory {self.workdir}"
-            + ("" if opts.keep else " (removed at the end; --keep to inspect)")
-        )
+        self._announce()
         builder = Child(
             "assets",
             [sys.executable, "-m", "relay.demo.assets", str(self.workdir / "assets")],
@@ -362,6 +337,22 @@ class Demo:
             )
             await self._tick(force_commander=True)
             facts = await self._facts(client)
+        return self._verdict(facts)
+
+    def _announce(self) -> None:
+        opts = self.opts
+        self.tl.plain(
+            f"relay demo: one SFT run ({opts.steps} steps, checkpoint every {opts.save_steps}) carried by two "
+            f"pods; pod-a is preempted at step {opts.preempt_at}"
+            + (f"; DeepSpeed config {opts.deepspeed}" if opts.deepspeed else "")
+        )
+        self.tl.plain(
+            f"relay demo: work directory {self.workdir}"
+            + ("" if opts.keep else " (removed at the end; --keep to inspect)")
+        )
+
+    def _verdict(self, facts: RelayFacts) -> int:
+        """The summary, then OK (exit 0) or every problem found and the logs' last lines."""
         problems = check_relay(facts)
         self.tl.plain()
         self.tl.plain("Summary")
@@ -403,7 +394,7 @@ class Demo:
         now = time.monotonic()
         if force_commander or now >= self._next_commander_poll:
             self._next_commander_poll = now + COMMANDER_POLL_S
-            lines += await self._poll_commander()
+            lines += await self.lease_view.poll(self.client)
         for name, watcher in self.watchers.items():
             lines += [(ts, name, text) for ts, text in watcher.poll()]
         for name, child in self.workers.items():
@@ -416,42 +407,10 @@ class Demo:
         for ts, who, text in sorted(lines, key=lambda x: x[0]):
             self.tl.say(who, text, ts)
 
-    async def _poll_commander(self) -> list[tuple[float, str, str]]:
-        from relay.client import CommanderError, NotFound
-
-        try:
-            run = await self.client.get_run(RUN_ID)
-        except NotFound:
-            return []
-        except CommanderError as exc:
-            if not self._commander_warned:
-                self._commander_warned = True
-                return [(time.time(), "commander", f"could not be asked about the run: {exc}")]
-            return []
-        status = getattr(run.status, "value", run.status)
-        view = (status, run.holder, run.epoch)
-        if view == self._last_lease_view:
-            return []
-        self._last_lease_view = view
-        who = (
-            f"lease held by {run.holder} at epoch {run.epoch}"
-            if run.holder
-            else f"no lease holder (epoch {run.epoch})"
-        )
-        return [(time.time(), "commander", f"run {RUN_ID} is {status}: {who}")]
-
     async def _facts(self, client: Any) -> RelayFacts:
         from relay.remote import open_remote
 
-        commander: dict[str, Any] | None = None
-        with contextlib.suppress(Exception):
-            run = await client.get_run(RUN_ID)
-            commander = {
-                "status": getattr(run.status, "value", run.status),
-                "epoch": run.epoch,
-                "step": run.step,
-                "checkpoint_step": run.latest_checkpoint.step if run.latest_checkpoint else None,
-            }
+        commander = await self.lease_view.record(client)
         remote_step = remote_epoch = None
         with contextlib.suppress(Exception):
             state = await asyncio.to_thread(open_remote(self.remote_url, RUN_ID).state)
@@ -467,21 +426,6 @@ class Demo:
             remote_epoch=remote_epoch,
             wall_s=time.time() - self.t0,
         )
-
-    def _print_log_tails(self) -> None:
-        """The last lines of each child's output and each trainer's log: where to look first."""
-        if self.workdir is None:
-            return
-        logs = [self.workdir / "logs" / f"{n}.log" for n in ("assets", "commander", POD_A, POD_B)]
-        logs += [self.workdir / n / "runs" / RUN_ID / "logs" / "trainer.log" for n in (POD_A, POD_B)]
-        for path in logs:
-            try:
-                tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-12:]
-            except OSError:
-                continue
-            self.tl.plain(f"--- last lines of {path}")
-            for line in tail:
-                self.tl.plain(f"    {line}")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

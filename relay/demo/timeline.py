@@ -251,3 +251,51 @@ class PodWatcher:
         if step % self.loss_every == 0:
             return f"step {step:>3}  loss {_loss(loss)}"
         return None
+
+
+class LeaseView:
+    """The commander's view of the demo run's lease (status, holder, epoch), said once per change."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._last: tuple[Any, ...] | None = None
+        self._warned = False
+
+    async def poll(self, client: Any) -> list[tuple[float, str, str]]:
+        """A timeline line when the view changed (or the first time the commander cannot answer)."""
+        from relay.client import CommanderError, NotFound
+
+        try:
+            run = await client.get_run(self.run_id)
+        except NotFound:
+            return []
+        except CommanderError as exc:
+            if not self._warned:
+                self._warned = True
+                return [(time.time(), "commander", f"could not be asked about the run: {exc}")]
+            return []
+        status = getattr(run.status, "value", run.status)
+        view = (status, run.holder, run.epoch)
+        if view == self._last:
+            return []
+        self._last = view
+        who = (
+            f"lease held by {run.holder} at epoch {run.epoch}"
+            if run.holder
+            else f"no lease holder (epoch {run.epoch})"
+        )
+        return [(time.time(), "commander", f"run {self.run_id} is {status}: {who}")]
+
+    async def record(self, client: Any) -> dict[str, Any] | None:
+        """The run as the commander has it at the end (status, epoch, step, checkpoint_step); None when
+        it cannot be asked."""
+        try:
+            run = await client.get_run(self.run_id)
+        except Exception:  # the verdict names a commander that could not be asked
+            return None
+        return {
+            "status": getattr(run.status, "value", run.status),
+            "epoch": run.epoch,
+            "step": run.step,
+            "checkpoint_step": run.latest_checkpoint.step if run.latest_checkpoint else None,
+        }

@@ -40,9 +40,12 @@ def _mean(values: list[float]) -> float:
 
 def check_relay(facts: RelayFacts) -> list[str]:
     """Every way the observed run falls short of a clean relay, one sentence each (empty: it worked)."""
-    a, b = facts.a, facts.b
+    return _check_pod_a(facts.a) + _check_pod_b(facts) + _check_records(facts) + _check_learning(facts)
+
+
+def _check_pod_a(a: PodFacts) -> list[str]:
+    """Pod A trained, synced, was preempted, and handed its last step on."""
     problems: list[str] = []
-    # pod A: trained, synced, was preempted, handed its last step on
     if a.epochs != [1]:
         problems.append(
             f"pod-a should have held the lease once, at epoch 1 (it acquired at epochs {a.epochs})"
@@ -59,7 +62,13 @@ def check_relay(facts: RelayFacts) -> list[str]:
             f"pod-a's last synced checkpoint is step {a.synced[-1]} but it trained to step {a.last_step}: "
             "the checkpoint saved on SIGTERM did not reach the remote before the release"
         )
-    # pod B: next epoch, resumed from A's checkpoint through the remote, finished
+    return problems
+
+
+def _check_pod_b(facts: RelayFacts) -> list[str]:
+    """Pod B took the next epoch, resumed from A's checkpoint through the remote, and finished."""
+    a, b = facts.a, facts.b
+    problems: list[str] = []
     if b.epochs != [2]:
         problems.append(
             f"pod-b should have taken the lease once, at epoch 2 (it acquired at epochs {b.epochs})"
@@ -87,7 +96,12 @@ def check_relay(facts: RelayFacts) -> list[str]:
     lost = steps_lost(facts)
     if lost:
         problems.append(f"{lost} step(s) of pod-a were lost at the preemption")
-    # the commander and the remote agree
+    return problems
+
+
+def _check_records(facts: RelayFacts) -> list[str]:
+    """The commander and the remote agree on how the run ended."""
+    problems: list[str] = []
     cmd = facts.commander
     if cmd is None:
         problems.append("the commander could not be asked about the run at the end")
@@ -104,7 +118,13 @@ def check_relay(facts: RelayFacts) -> list[str]:
         problems.append(
             f"the remote holds step {facts.remote_step} at epoch {facts.remote_epoch}, expected step {facts.steps} at epoch 2"
         )
-    # the model learnt, and B continued from A's weights rather than from scratch
+    return problems
+
+
+def _check_learning(facts: RelayFacts) -> list[str]:
+    """The model learnt, and B continued from A's weights rather than from scratch."""
+    a, b = facts.a, facts.b
+    problems: list[str] = []
     losses = [v for _, v in sorted({**a.losses, **b.losses}.items()) if v is not None]
     if len(losses) < 6:
         problems.append(f"too few loss values were reported ({len(losses)}) to see the loss fall")

@@ -254,9 +254,6 @@ class Remote(ABC):
     run_id: str
     url: str
 
-    def __init__(self) -> None:
-        self.last_pull: PullReport | None = None
-
     # -- the contract --------------------------------------------------------------------------
     @abstractmethod
     def state(self) -> RemoteState | None:
@@ -333,6 +330,7 @@ class Remote(ABC):
         *,
         revision: str | None = None,
         cancel: Callable[[], bool] | None = None,
+        report: PullReport | None = None,
     ) -> CommittedCheckpoint | None:
         """Download the newest remote checkpoint that verifies into ``layout.incoming_dir``, verify it,
         and rename it into ``layout.step_dir(step)``. None only when the remote has nothing published for
@@ -340,14 +338,14 @@ class Remote(ABC):
         failure. Pinned to one revision (``revision`` or the head read at the start) from start to end.
 
         Files that a checkpoint already on the volume holds (same sha256) are linked, not downloaded
-        (``relay.ckpt.reuse``); ``last_pull`` says how many bytes came over the wire and how many were
-        reused.  ``cancel()`` true aborts the pull between chunks with :class:`PullCancelled`."""
+        (``relay.ckpt.reuse``).  ``report``, when given, is filled in as the pull goes: the candidates
+        skipped and why, the bytes that came over the wire and those reused.  ``cancel()`` true aborts the pull between chunks with :class:`PullCancelled`."""
         if layout.run_id != self.run_id:
             raise RemoteError(f"layout is for run {layout.run_id!r}, remote for {self.run_id!r}")
         from relay.remote.pull import pull_newest
 
         try:
-            return pull_newest(self, layout, revision, cancel)
+            return pull_newest(self, layout, revision, cancel, report if report is not None else PullReport())
         except OSError as exc:  # the local side: disk full, permissions (remote I/O is already typed)
             raise RemoteError(
                 f"pull from {self.url} into {layout.ckpt_dir} failed: {exc.strerror or exc}", retryable=True

@@ -41,13 +41,16 @@ Skip = Callable[[str, str], None]
 
 
 def pull_newest(
-    remote: Remote, layout: RunLayout, revision: str | None, cancel: Callable[[], bool] | None
+    remote: Remote,
+    layout: RunLayout,
+    revision: str | None,
+    cancel: Callable[[], bool] | None,
+    report: PullReport,
 ) -> CommittedCheckpoint | None:
-    """See ``Remote.pull_newest``; ``remote.last_pull`` is this pull's report."""
+    """See ``Remote.pull_newest``; ``report`` is filled in as the pull goes."""
     stop = cancel or _never
     snap = remote._snapshot(revision)
-    report = PullReport(revision=snap.revision)
-    remote.last_pull = report
+    report.revision = snap.revision
     candidates, early = pull_candidates(snap.state, snap.steps)
     report.skipped.extend(
         SkippedCheckpoint(Path(remote_ckpt_prefix(remote.run_id, s)), r, "superseded") for s, r in early

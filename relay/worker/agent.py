@@ -122,7 +122,6 @@ class Agent:
             held.close()
 
     async def _carry(self, client: CommanderClient, held: HeldLeases) -> int:
-        assert self.signals is not None
         pool = self.cfg.run_id is None
         self.goto(S.ACQUIRING)
         resume = held.find() if pool else None  # pool mode: the run this worker id held before a restart
@@ -134,57 +133,73 @@ class Agent:
                 await _stop(standby)
                 self.goto(S.DONE)
                 return got
-            grant, sent_at = got
-            reported = self.remote_epochs.get(grant.run_id)
-            if reported is not None and grant.epoch <= reported:  # told, and it did not jump: no loop
-                code = await _release_unusable(
-                    self.cfg, client, grant, remote_not_passed(grant.epoch, reported), restartable=False
-                )
-                if not pool:
-                    return code
-                continue
-            try:
-                lease = Lease.from_grant(grant, worker_id=self.cfg.worker_id, sent_at=sent_at)
-                session = RunSession(
-                    self.cfg, client, lease, signals=self.signals, lifecycle=self.lifecycle, standby=standby
-                )
-            except InvalidIdError as exc:  # a run id no commander may grant: touch nothing on the volume
-                await _stop(standby)
-                print(f"relay worker: the commander granted an unusable run id: {exc}", file=sys.stderr)
-                self.goto(S.DONE)
-                return EXIT_COMMANDER
-            except ConfigError as exc:  # the run's spec does not make a valid configuration
-                await _stop(standby)
-                outcome = await _release_unusable(self.cfg, client, grant, str(exc))
-                if not pool:
-                    return outcome
-                continue
-            except VolumeError as exc:  # the pod's volume failed since the preflight: not the run's fault
-                self.goto(S.DONE)
-                return await _release_unusable(
-                    self.cfg, client, grant, str(exc), outcome=ReleaseOutcome.preempted
-                )
-            held.keep(lease)  # so a restart of this worker process can show it and carry on at once
-            self.signals.holding_run = True
-            try:
-                outcome = await session.run()
-            finally:
-                self.signals.holding_run = False
-                held.drop(lease.run_id)
-            if outcome.exit_code == EXIT_FENCED or outcome.release is None:
-                self.goto(S.DONE)
-                return outcome.exit_code
-            if outcome.remote_epoch is not None and not self.signals.stopping:
-                self.remote_epochs[grant.run_id] = outcome.remote_epoch  # the next grant must be above it
-                self.goto(S.ACQUIRING)
-                continue
-            if not pool or self.signals.stopping or outcome.release is ReleaseOutcome.preempted:
-                self.goto(S.DONE)
-                return outcome.exit_code
-            log.info(
-                "run %s ended (%s); asking for the next waiting run", grant.run_id, outcome.release.value
+            code = await self._carry_one(client, held, *got, standby)
+            if code is not None:
+                return code
+
+    async def _carry_one(
+        self,
+        client: CommanderClient,
+        held: HeldLeases,
+        grant: AcquireGranted,
+        sent_at: float,
+        standby: Standby | None,
+    ) -> int | None:
+        """Train one granted run to its end; the exit code to end the worker with, or None to ask for the
+        next run (pool mode, or a grant that must jump past the run's remote epoch)."""
+        assert self.signals is not None
+        pool = self.cfg.run_id is None
+        reported = self.remote_epochs.get(grant.run_id)
+        if reported is not None and grant.epoch <= reported:  # told, and it did not jump: no loop
+            code = await _release_unusable(
+                self.cfg, client, grant, remote_not_passed(grant.epoch, reported), restartable=False
             )
+            return None if pool else code
+        try:
+            lease = Lease.from_grant(grant, worker_id=self.cfg.worker_id, sent_at=sent_at)
+            session = RunSession(
+                self.cfg, client, lease, signals=self.signals, lifecycle=self.lifecycle, standby=standby
+            )
+        except InvalidIdError as exc:  # a run id no commander may grant: touch nothing on the volume
+            await _stop(standby)
+            print(f"relay worker: the commander granted an unusable run id: {exc}", file=sys.stderr)
+            self.goto(S.DONE)
+            return EXIT_COMMANDER
+        except ConfigError as exc:  # the run's spec does not make a valid configuration
+            await _stop(standby)
+            code = await _release_unusable(self.cfg, client, grant, str(exc))
+            return None if pool else code
+        except VolumeError as exc:  # the pod's volume failed since the preflight: not the run's fault
+            self.goto(S.DONE)
+            return await _release_unusable(
+                self.cfg, client, grant, str(exc), outcome=ReleaseOutcome.preempted
+            )
+        held.keep(lease)  # so a restart of this worker process can show it and carry on at once
+        self.signals.holding_run = True
+        try:
+            outcome = await session.run()
+        finally:
+            self.signals.holding_run = False
+            held.drop(lease.run_id)
+        return self._after(grant, outcome)
+
+    def _after(self, grant: AcquireGranted, outcome: Outcome) -> int | None:
+        """Where a carried run's end leaves the worker: done (its exit code), or asking again (None)."""
+        assert self.signals is not None
+        if outcome.exit_code == EXIT_FENCED or outcome.release is None:
+            self.goto(S.DONE)
+            return outcome.exit_code
+        if outcome.remote_epoch is not None and not self.signals.stopping:
+            self.remote_epochs[grant.run_id] = outcome.remote_epoch  # the next grant must be above it
             self.goto(S.ACQUIRING)
+            return None
+        pool = self.cfg.run_id is None
+        if not pool or self.signals.stopping or outcome.release is ReleaseOutcome.preempted:
+            self.goto(S.DONE)
+            return outcome.exit_code
+        log.info("run %s ended (%s); asking for the next waiting run", grant.run_id, outcome.release.value)
+        self.goto(S.ACQUIRING)
+        return None
 
     async def _acquire(
         self, client: CommanderClient, held: HeldLeases, resume: str | None = None

@@ -39,7 +39,7 @@ from relay.worker.threads import in_thread
 if TYPE_CHECKING:
     from relay.ckpt.layout import RunLayout
     from relay.ckpt.manifest import CommittedCheckpoint
-    from relay.remote.base import Remote, RemoteState
+    from relay.remote.base import PullReport, Remote, RemoteState
     from relay.worker.checkpoints import Checkpoints
     from relay.worker.events import EventLog
     from relay.worker.lease import Lease
@@ -169,21 +169,30 @@ async def _pull(
     nothing after all); only the files no checkpoint on the volume holds are downloaded."""
     remote = ckpts.remote
     assert remote is not None
+    from relay.remote.base import PullReport
+
     started = time.monotonic()
-    pulled = await in_thread(remote.pull_newest, layout)
+    report = PullReport()  # what the pull moved (only the files the volume lacked) and what it passed over
+    pulled = await in_thread(remote.pull_newest, layout, report=report)
     if pulled is None:
         return None
     ckpts.adopt(pulled)
-    report = remote.last_pull  # what the pull moved: only the files the volume lacked
     events.emit(
         "resumed",
         step=pulled.step,
         source="remote",
         path=str(pulled.path),
         bytes=getattr(pulled, "total_bytes", None),
-        downloaded_bytes=report.bytes_received if report is not None else None,
-        reused_bytes=report.bytes_reused if report is not None else None,
+        downloaded_bytes=report.bytes_received,
+        reused_bytes=report.bytes_reused,
         download_s=round(time.monotonic() - started, 3),
         skipped=len(skipped or []) or None,
+        remote_skipped=_skips(report) or None,
     )
     return pulled
+
+
+def _skips(report: PullReport) -> list[str]:
+    """The remote checkpoints the pull passed over, each with its reason, for the ``resumed`` event (a
+    superseded one, older than the state's step, is no news and left out)."""
+    return [f"{s.path}: {s.reason} ({s.code})" for s in report.skipped if s.code != "superseded"]

@@ -41,6 +41,7 @@ from relay.worker.trainer_log import TrainerLog
 from relay.worker.volume import QuietFileHandler, volume_error
 
 if TYPE_CHECKING:
+    from relay.ckpt.layout import RunLayout
     from relay.ckpt.manifest import CommittedCheckpoint
     from relay.client import CommanderClient
     from relay.schema import RunSpec
@@ -85,18 +86,8 @@ class RunSession:
         lifecycle: Lifecycle,
         standby: Standby | None = None,
     ) -> None:
-        from relay.ckpt.layout import RunLayout
-
         cfg = effective_config(cfg, lease.spec)
-        layout = RunLayout(cfg.relay_root, lease.run_id)
-        try:  # a volume that filled up or went read-only since the preflight: named, not a traceback
-            layout.ensure()
-            events = EventLog(layout.events_file, lease)
-            tlog = TrainerLog(layout.logs_dir, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
-        except OSError as exc:
-            raise volume_error(
-                cfg.relay_root, exc, f"creating the run's directory {layout.run_dir}"
-            ) from None
+        layout, events, tlog = _open_run_dir(cfg, lease)
         fence = Fence(asyncio.get_running_loop())
         progress = RunProgress()
         self.ctx = ctx = RunContext(
@@ -237,3 +228,18 @@ class RunSession:
             self._file_log.close()
         with contextlib.suppress(Exception):  # the last state.json lands before the worker may exit
             await in_thread(ctx.state_file.flush, STATE_FLUSH_S)
+
+
+def _open_run_dir(cfg: WorkerConfig, lease: Lease) -> tuple[RunLayout, EventLog, TrainerLog]:
+    """The run's directory on the volume, with its event log and trainer log open; a volume that filled
+    up or went read-only since the preflight is a named VolumeError, not a traceback."""
+    from relay.ckpt.layout import RunLayout
+
+    layout = RunLayout(cfg.relay_root, lease.run_id)
+    try:
+        layout.ensure()
+        events = EventLog(layout.events_file, lease)
+        tlog = TrainerLog(layout.logs_dir, max_bytes=cfg.log_max_bytes, backups=cfg.log_backups)
+    except OSError as exc:
+        raise volume_error(cfg.relay_root, exc, f"creating the run's directory {layout.run_dir}") from None
+    return layout, events, tlog

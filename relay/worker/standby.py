@@ -134,17 +134,14 @@ class Standby:
         have = await in_thread(newest_committed_step, layout)
         if have is not None and have >= state.step:
             return
-        pulled = await in_thread(remote.pull_newest, layout, cancel=self._cancel.is_set)
+        from relay.remote.base import PullReport
+
+        report = PullReport()
+        pulled = await in_thread(remote.pull_newest, layout, cancel=self._cancel.is_set, report=report)
         self._followed = state.manifest_sha256  # even when an older one was all that verified: once
         if pulled is None:
             return
-        report = remote.last_pull
-        done = StandbyPull(
-            pulled.step,
-            report.bytes_received if report else 0,
-            report.bytes_reused if report else 0,
-            report.files_received if report else 0,
-        )
+        done = StandbyPull(pulled.step, report.bytes_received, report.bytes_reused, report.files_received)
         self.log.pulls.append(done)
         self.log.last_error = None
         log.info(

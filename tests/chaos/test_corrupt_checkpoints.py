@@ -105,6 +105,12 @@ def test_corrupt_remote_checkpoints_are_skipped_and_the_newest_good_one_is_pulle
             e for e in events(second, run) if e["event"] == "resumed" and e["worker_id"] == second.worker_id
         )
         assert (resumed["source"], resumed["step"]) == ("remote", good), resumed
+        # the resumed event says which remote checkpoints were passed over, and why
+        skipped = resumed["remote_skipped"]
+        assert len(skipped) == 2 and remote_ckpts[0].name in skipped[0] and "hash_mismatch" in skipped[0], (
+            skipped
+        )
+        assert remote_ckpts[1].name in skipped[1] and "bad_manifest" in skipped[1], skipped
         log = second.output()
         assert f"skipping file://{c.remote_dir} {run}/checkpoints/{remote_ckpts[0].name}" in log, log
         assert f"{run}/checkpoints/{remote_ckpts[1].name}" in log and "does not verify" in log, log

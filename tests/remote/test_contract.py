@@ -9,6 +9,7 @@ import pytest
 
 from relay.ckpt import RunLayout, read_latest_step, verify_checkpoint
 from relay.remote import RemoteCorruptError, RemoteError, RemoteFencedError
+from relay.remote.base import PullReport
 from tests.ckpt.util import default_files, make_committed
 from tests.remote.conftest import Backend
 
@@ -129,9 +130,10 @@ def test_pull_skips_checkpoints_newer_than_state(backend: Backend, tmp_path: Pat
     remote.push(make_committed(a, 10), epoch=1)
     for rel, data in default_files(99).items():  # a leftover a fenced writer could have left
         backend.plant(99, rel, data)
-    pulled = remote.pull_newest(b)
+    report = PullReport()
+    pulled = remote.pull_newest(b, report=report)
     assert pulled.step == 10
-    assert [s.code for s in remote.last_pull.skipped] == ["superseded"]
+    assert [s.code for s in report.skipped] == ["superseded"]
 
 
 def test_corrupt_newest_is_skipped_and_never_silently_replaced_by_local(
@@ -142,9 +144,10 @@ def test_corrupt_newest_is_skipped_and_never_silently_replaced_by_local(
     remote.push(make_committed(a, 10), epoch=1)
     remote.push(make_committed(a, 20), epoch=1)
     backend.corrupt(20, "model.safetensors")
-    pulled = remote.pull_newest(b)
+    report = PullReport()
+    pulled = remote.pull_newest(b, report=report)
     assert pulled.step == 10
-    [skip] = remote.last_pull.skipped
+    [skip] = report.skipped
     assert skip.code == "hash_mismatch" and "step_00000020" in str(skip.path)
 
     # Only corrupt checkpoints left: a typed error, never a silent fallback to local files.
@@ -162,8 +165,9 @@ def test_pull_reuses_an_identical_local_checkpoint(backend: Backend, tmp_path: P
     remote = backend.make()
     ckpt = make_committed(a, 10)
     remote.push(ckpt, epoch=1)
-    pulled = remote.pull_newest(a)
-    assert pulled.path == ckpt.path and remote.last_pull.reused_local and remote.last_pull.bytes_received == 0
+    report = PullReport()
+    pulled = remote.pull_newest(a, report=report)
+    assert pulled.path == ckpt.path and report.reused_local and report.bytes_received == 0
 
 
 def test_hostile_remote_manifest_is_skipped(backend: Backend, tmp_path: Path) -> None:
@@ -176,9 +180,10 @@ def test_hostile_remote_manifest_is_skipped(backend: Backend, tmp_path: Path) ->
     }  # fmt: skip
     backend.plant(11, "manifest.json", json.dumps(evil).encode())
     backend.delete_state()  # no state.json: every step is a candidate, newest first
-    pulled = remote.pull_newest(b)
+    report = PullReport()
+    pulled = remote.pull_newest(b, report=report)
     assert pulled.step == 10
-    assert [s.code for s in remote.last_pull.skipped] == ["bad_manifest"]
+    assert [s.code for s in report.skipped] == ["bad_manifest"]
     assert not list(tmp_path.rglob("escape.txt"))
 
 

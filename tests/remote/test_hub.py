@@ -7,6 +7,7 @@ import pytest
 
 from relay.ckpt import RunLayout
 from relay.remote import RemoteError, RemoteFencedError, Syncer, open_remote
+from relay.remote.base import PullReport
 from relay.remote.hub import LFS_RULE, HubRemote
 from relay_testkit.hub_server import HubServer
 from tests.ckpt.util import default_files, make_committed
@@ -91,8 +92,9 @@ def test_pull_is_pinned_to_one_revision(hub: HubServer, tmp_path: Path) -> None:
     ckpt30 = make_committed(a, 30)
 
     # An explicit revision: the checkpoint that was newest there.
-    old = remote.pull_newest(RunLayout(tmp_path / "b", "run1"), revision=rev10)
-    assert old.step == 10 and remote.last_pull.revision == rev10
+    report = PullReport()
+    old = remote.pull_newest(RunLayout(tmp_path / "b", "run1"), revision=rev10, report=report)
+    assert old.step == 10 and report.revision == rev10
 
     # The head moves while we download: we still get the snapshot we started from, complete.
     fired = threading.Event()

@@ -11,7 +11,7 @@ import pytest
 
 from relay.ckpt import RunLayout, read_latest_step, verify_checkpoint
 from relay.ckpt.manifest import read_manifest
-from relay.remote.base import PullCancelled
+from relay.remote.base import PullCancelled, PullReport
 from tests.ckpt.util import default_files, make_committed
 from tests.remote.conftest import Backend
 
@@ -42,10 +42,10 @@ def test_a_newer_checkpoint_downloads_only_the_changed_files(backend: Backend, t
     if backend.hub:
         backend.hub.reset_stats()
     remote = backend.make()
-    pulled = remote.pull_newest(b)
+    report = PullReport()
+    pulled = remote.pull_newest(b, report=report)
     assert pulled.step == 20 and read_latest_step(b) == 20
     assert verify_checkpoint(pulled.path, expected_run_id="run1").ok
-    report = remote.last_pull
     assert report.bytes_received == sum(changed.values())
     assert report.files_received == len(changed)
     assert report.files_reused == len(read_manifest(pulled.path)[0].files) - len(changed)
@@ -68,10 +68,10 @@ def test_a_rotted_local_file_costs_a_full_download_not_a_bad_checkpoint(
     data[0] ^= 0xFF
     shard.write_bytes(bytes(data))  # same size, other bytes: the manifest still claims the old sha256
     remote = backend.make()
-    pulled = remote.pull_newest(b)
+    report = PullReport()
+    pulled = remote.pull_newest(b, report=report)
     assert pulled.step == 20
     assert verify_checkpoint(pulled.path, expected_run_id="run1").ok
-    report = remote.last_pull
     assert report.files_reused == 0 and report.bytes_received > sum(changed.values())
     assert any("does not verify" in s.reason for s in report.skipped)
 

@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError, create_model
 
-from relay.commander.app import _validation_error, create_app
+from relay.commander.answers import validation_error
+from relay.commander.app import create_app
 from relay.schema import AcquireRequest
 from relay_testkit.threaded_app import ThreadedApp
 from relay_testkit.wait import wait_for
@@ -147,7 +148,7 @@ async def before_long_polls(request: web.Request, handler: Any) -> web.StreamRes
         try:
             OldAcquire.model_validate_json(await request.read())
         except ValidationError as exc:
-            return _validation_error(exc)
+            return validation_error(exc)
     return await handler(request)
 
 
