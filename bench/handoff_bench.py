@@ -120,13 +120,18 @@ def phases(
     }
 
 
-def graceful(workdir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
-    train = {
+def _train(args: argparse.Namespace) -> dict[str, int | float]:
+    """The mock trainer of the graceful and hard-kill series: trains until stopped, saves every 50 steps."""
+    return {
         "max_steps": 10**9,
         "save_steps": 50,
         "step_seconds": args.step_seconds,
         "checkpoint_bytes": args.checkpoint_bytes,
     }
+
+
+def graceful(workdir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
+    train = _train(args)
     out = []
     with CommanderProcess(workdir / "commander.db", lease_ttl_s=args.ttl) as cmd:
         holder = _pod(workdir, cmd, "pod-a", RUN, train).start()
@@ -164,12 +169,7 @@ def graceful(workdir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
 
 
 def hard_kills(workdir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
-    train = {
-        "max_steps": 10**9,
-        "save_steps": 50,
-        "step_seconds": args.step_seconds,
-        "checkpoint_bytes": args.checkpoint_bytes,
-    }
+    train = _train(args)
     out = []
     with CommanderProcess(workdir / "commander.db", lease_ttl_s=args.ttl) as cmd:
         holder = _pod(workdir, cmd, "pod-k0", RUN, train).start()

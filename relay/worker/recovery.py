@@ -39,7 +39,7 @@ from relay.worker.threads import in_thread
 if TYPE_CHECKING:
     from relay.ckpt.layout import RunLayout
     from relay.ckpt.manifest import CommittedCheckpoint
-    from relay.remote.base import PullReport, Remote, RemoteState
+    from relay.remote.base import PullReport, Remote, RemoteCorruptError, RemoteState
     from relay.worker.checkpoints import Checkpoints
     from relay.worker.events import EventLog
     from relay.worker.lease import Lease
@@ -92,39 +92,31 @@ async def recover(
     layout: RunLayout, ckpts: Checkpoints, *, events: EventLog, claimed: RemoteState | None
 ) -> CommittedCheckpoint | None:
     """Choose the checkpoint to resume from (see the module's rules), make it ``ckpts.latest``, and
-    report it; None means a cold start.  ``claimed`` is the remote's state after this lease's claim.  Raises when the remote has something but nothing usable and
-    the volume has nothing either (``RemoteError``; ``retryable`` says whether another pod may try).
+    report it; None means a cold start.  ``claimed`` is the remote's state after this lease's claim.
+    Raises when the remote has something but nothing usable and the volume has nothing either
+    (``RemoteError``; ``retryable`` says whether another pod may try).
 
     The volume's checkpoints are hashed only when they may be the resume point: when the remote holds a
     newer step than the newest the volume claims (sizes checked, no hashing), the pull comes first and
     verifies what it installs; a handoff to a warm standby then never hashes the standby's copy twice."""
     from relay.ckpt.verify import recover_local
-    from relay.remote.base import RemoteCorruptError
 
     await ckpts.commit_ready(sync=False)  # rule 1
     sized = await in_thread(recover_local, layout, rehash=False)  # sizes only: what the volume claims
     remote_step = _remote_step(ckpts, claimed)  # rule 3
     unusable: RemoteCorruptError | None = None
     if remote_is_newer(_step(sized.checkpoint), remote_step):  # rule 4, before hashing the volume
-        try:
-            pulled = await _pull(layout, ckpts, events, skipped=sized.skipped)
-        except RemoteCorruptError as exc:
-            unusable = exc
-        else:
-            if pulled is not None:
-                return pulled
+        pulled, unusable = await _try_pull(layout, ckpts, events, skipped=sized.skipped)
+        if pulled is not None:
+            return pulled
     scan = await in_thread(recover_local, layout)  # rule 2: verifies; quarantines what fails
     for skipped in getattr(scan, "skipped", []) or []:
         log.warning("skipping checkpoint %s: %s", skipped.path, skipped.reason)
     local = scan.checkpoint
     if unusable is None and remote_is_newer(_step(local), remote_step):  # the claimed one did not verify
-        try:
-            pulled = await _pull(layout, ckpts, events, skipped=scan.skipped)
-        except RemoteCorruptError as exc:
-            unusable = exc
-        else:
-            if pulled is not None:
-                return pulled
+        pulled, unusable = await _try_pull(layout, ckpts, events, skipped=scan.skipped)
+        if pulled is not None:
+            return pulled
     if unusable is not None:
         if local is None:
             raise unusable
@@ -160,6 +152,19 @@ def _remote_step(ckpts: Checkpoints, claimed: RemoteState | None) -> int | None:
     if ckpts.syncer is not None:
         ckpts.syncer.remote_seen(remote_step)
     return remote_step
+
+
+async def _try_pull(
+    layout: RunLayout, ckpts: Checkpoints, events: EventLog, *, skipped: list
+) -> tuple[CommittedCheckpoint | None, RemoteCorruptError | None]:
+    """Rule 4's pull: what it installed, or why nothing on the remote is usable (the caller decides
+    whether the volume's checkpoint can stand in)."""
+    from relay.remote.base import RemoteCorruptError
+
+    try:
+        return await _pull(layout, ckpts, events, skipped=skipped), None
+    except RemoteCorruptError as exc:
+        return None, exc
 
 
 async def _pull(
