@@ -93,6 +93,15 @@ class Waiters:
                     _resolve(fut)
 
 
+def _park_s(refusal: Exception, remaining: float) -> float:
+    """How long a refused acquire parks: until woken, or at most ``remaining``; a run held back by no
+    lease but by time (a commander whose state is behind, ``relay.commander.lost_state``) is asked
+    again the moment that hold ends, since no release or expiry will wake it."""
+    if isinstance(refusal, LeaseHeldError) and refusal.holder is None:
+        return min(remaining, refusal.retry_after_s + EXPIRY_SLACK_S)
+    return remaining
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -198,7 +207,7 @@ class Wakeups:
                 if remaining <= 0 or self.closing or not connected():
                     raise
                 refusal = exc.with_traceback(None)  # kept for the answer; its frames are not
-            await self.waiters.wait(req.run_id, req.mode, remaining)
+            await self.waiters.wait(req.run_id, req.mode, _park_s(refusal, remaining))
             if (
                 not connected()
             ):  # nobody to hand a grant to: never grant, answer the refusal (it goes nowhere)

@@ -244,3 +244,17 @@ def test_a_commander_shutting_down_answers_its_parked_acquires(commander_factory
     assert cmd.terminate(timeout_s=60) == 0
     waiter.join(60)
     assert answers and answers[0][0] == 409 and answers[0][1]["holder"] == "w1"
+
+
+async def test_a_run_held_back_by_a_state_behind_is_granted_to_its_waiter_when_the_hold_ends(
+    make_commander,
+) -> None:
+    """A remote ahead of the state holds the run's grants for the first TTL after start (no lease, so no
+    release or expiry will come): the parked acquire asks again when that hold ends, not at wait_s."""
+    client = await make_commander(lease_ttl_s=1.0, sweep_interval_s=3600)
+    _, first = await acquire(client, "r1", "w1")
+    status, _ = await release(client, first, "preempted", remote_epoch=7)
+    assert status == 200
+    status, grant = await asyncio.wait_for(acquire(client, "r1", "w2", wait_s=LONG), 30)
+    assert status == 200, grant  # a wait that had run to LONG would have hit the 30 s above
+    assert grant["epoch"] == 8 and 0 < grant["waited_s"] < LONG
