@@ -17,5 +17,6 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extension
 # A build killed midway (a trainer SIGKILLed during its first start) leaves torch's build lock behind, and
 # every later build waits on it forever; nothing builds before the tests start, so a lock here is stale.
 rm -f "$TORCH_EXTENSIONS_DIR"/*/lock
-# Two test processes by default (PYTEST_WORKERS=0: one): most tests wait on real processes, not the CPU.
-exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
+# Two test processes by default (PYTEST_WORKERS=0: one): most tests wait on real processes, not the CPU;
+# work stealing keeps both busy to the end (a few tests take a minute each).
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"
