@@ -17,6 +17,11 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extension
 # A build killed midway (a trainer SIGKILLed during its first start) leaves torch's build lock behind, and
 # every later build waits on it forever; nothing builds before the tests start, so a lock here is stale.
 rm -f "$TORCH_EXTENSIONS_DIR"/*/lock
+# Set-up, not test time: DeepSpeed's JIT op built once (cached with the checkout), and the project's
+# bytecode written (PYTHONDONTWRITEBYTECODE=1 would otherwise have each of the suite's hundreds of
+# worker, commander and trainer processes compile it again).
+.venv/bin/python -m relay_testkit.deepspeed_ops 2>&1 | grep -v "real_accelerator" >&2 || true
+.venv/bin/python -m compileall -q -j 0 relay trainer_blackbox relay_testkit >/dev/null || true
 # Two test processes by default (PYTEST_WORKERS=0: one): most tests wait on real processes, not the CPU;
 # work stealing keeps both busy to the end (a few tests take a minute each).
 exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"
