@@ -2,8 +2,9 @@
 
 All on loopback with real processes (a commander, workers, the mock trainer, a ``file://`` remote).
 Every worker runs with the shipped defaults (acquire backoff 1 s doubling to 15 s, 30 s long polls,
-warm standby on); only the commander's lease TTL is shortened (``--ttl``, default 10 s) so that the
-hard-kill series does not wait a minute per kill. Four series, one commander each:
+warm standby on); only the commander's lease TTL is shortened (``--ttl``, default 15 s: the shortest
+the worker's default margin of 5 s accepts, ``ttl >= 3 x margin``) so that the hard-kill series does
+not wait a minute per kill. Four series, one commander each:
 
 1. **graceful**: ``--standbys`` pods, ``--batch`` at a time, wait for run ``bench`` for ``--settle-s``
    (31 s: the time a polling standby's backoff takes to reach its 15 s cap: 1+2+4+8+15), then the
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-bytes", type=int, default=8 << 20, help="weights per checkpoint otherwise (8 MiB)"
     )
     p.add_argument("--step-seconds", type=float, default=0.02, help="mock step time (0.02)")
-    p.add_argument("--ttl", type=float, default=10.0, help="commander lease TTL (10 s)")
+    p.add_argument("--ttl", type=float, default=15.0, help="commander lease TTL (15 s)")
     p.add_argument(
         "--settle-s", type=float, default=31.0, help="how long pods wait before the first measure (31)"
     )
