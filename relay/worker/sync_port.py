@@ -47,6 +47,7 @@ class SyncPort:
         self.on_synced = on_synced
         self._submitted_at: dict[int, float] = {}
         self._gave_up: set[int] = set()
+        self._seen: int | None = None  # the remote's step when recovery read it (this lease's claim)
         self.syncer = Syncer(
             remote,
             epoch=epoch,
@@ -63,10 +64,17 @@ class SyncPort:
 
     def remote_seen(self, step: int | None) -> None:
         """Recovery read the remote's step: it is what the remote holds until a push of ours lands."""
+        self._seen = step
         self.on_synced(step, None)
 
     def synced_step(self) -> int | None:
-        return self.syncer.last_synced_step
+        """The newest step the remote holds for this run as far as this lease knows: what it pushed, or
+        what was there at its claim (a run resumed at its final step has that step on the remote already;
+        recovery pushes only a local step newer than the remote's)."""
+        pushed = self.syncer.last_synced_step
+        if pushed is None or (self._seen is not None and self._seen > pushed):
+            return self._seen
+        return pushed
 
     def last_error(self) -> str | None:
         """Why the last upload attempt failed (None after a success)."""

@@ -87,3 +87,34 @@ def test_a_final_checkpoint_that_never_reaches_the_remote_is_not_completed(
     assert "final checkpoint is committed on this volume, but it is not on the remote" in detail["detail"]
     assert "is a symbolic link" in detail["detail"]
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_run_resumed_at_its_final_step_completes_without_waiting_for_a_sync(
+    tmp_path: Path, commander_factory: Any
+) -> None:
+    """The remote already holds the final checkpoint (a pod finished and synced it, then lost its lease
+    before releasing; here: the run carried to its end under another commander): the next holder's
+    trainer finishes at once, and the run is completed, not held for an upload that has nothing to send
+    (found by the chaos soak: such runs waited out final_sync_timeout_s and ended failed)."""
+    remote = f"file://{tmp_path / 'remote'}"
+    train = {"max_steps": 20, "save_steps": 5, "step_seconds": 0.01}
+    first = commander_factory(lease_ttl_s=TTL)
+    a = WorkerProc(
+        tmp_path / "a", commander_url=first.url, run_id="fin", worker_id="a", remote=remote, train=train
+    )
+    assert a.start().wait(60) == 0, a.output()
+    second = commander_factory(lease_ttl_s=TTL)  # knows nothing of the run: grants past the remote's epoch
+    b = WorkerProc(
+        tmp_path / "b",
+        commander_url=second.url,
+        run_id="fin",
+        worker_id="b",
+        remote=remote,
+        train=train,
+        settings={"final_sync_timeout_s": 5},
+    )
+    assert b.start().wait(60) == 0, b.output()
+    resumed = [e for e in b.events() if e["event"] == "resumed"]
+    assert resumed and resumed[-1]["step"] == 20 and resumed[-1]["source"] == "remote", resumed
+    detail = run_detail(second, "fin")
+    assert detail["status"] == "completed", detail["detail"]
