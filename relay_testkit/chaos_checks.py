@@ -325,7 +325,9 @@ def check(
             rep.violations.append(Violation("incomplete", run_id, "; ".join(problems)))
         else:
             rep.runs_completed += 1
-    _check_special_ends(rep, commander_runs, poisoned, list(commit_fail_runs))
+    _check_special_ends(
+        rep, _known_ends(commander_runs, events_by_run, eras), poisoned, list(commit_fail_runs)
+    )
     _attribute_fences(rep, worker_events, list(actions))
     return rep
 
@@ -420,6 +422,28 @@ def _rev(event: dict[str, Any]) -> int:
     """A file:// remote's revision (a counter) from an event, or -1 (none, or a Hub commit sha)."""
     rev = event.get("revision")
     return int(rev) if isinstance(rev, (int, str)) and str(rev).isdigit() else -1
+
+
+def _known_ends(
+    runs: dict[str, dict[str, Any]], events_by_run: dict[str, list[dict[str, Any]]], eras: list[float]
+) -> dict[str, dict[str, Any]]:
+    """The commander's record of each run; for a run it forgot (its state was deleted or replaced by an
+    older copy after the run had ended), the end its last worker released it with, as the commander had
+    recorded it before the loss."""
+    out = dict(runs)
+    if not eras:
+        return out
+    for run_id, events in events_by_run.items():
+        if run_id in out:
+            continue
+        ends = [
+            e for e in events if e.get("event") in ("completed", "failed", "cancelled") and e.get("released")
+        ]
+        if ends:
+            last = max(ends, key=lambda e: float(e["ts"]))
+            name = {"name": last["event"], "ts": last["ts"]}
+            out[run_id] = {"status": last["event"], "detail": last.get("message"), "events": [name]}
+    return out
 
 
 def _check_special_ends(
@@ -662,7 +686,7 @@ def _check_run(
         lost = prev.last_step - nxt.resume_step
         same = prev.volume == nxt.volume
         rep.losses.append(Loss(run_id, prev.epoch, prev.end, lost, same))
-        if prev.end == "completed":
+        if prev.end == "completed" and not _forgotten_completion(prev, nxt, eras):
             v.append(
                 Violation(
                     "closed_run_granted",
@@ -732,6 +756,15 @@ def _alive_after_grant(
                     f"{min(e for e, ts in grants if e > life.epoch)} was granted at {min(later):.3f}",
                 )
             )
+
+
+def _forgotten_completion(prev: Segment, nxt: Segment, eras: list[float]) -> bool:
+    """A completed run granted again by a commander that lost its state in between (it cannot know the
+    run completed): harmless when the new epoch resumed at the final step and trained nothing more."""
+    start = prev.acquired_ts or 0.0
+    end = nxt.acquired_ts if nxt.acquired_ts is not None else float("inf")
+    lost_between = any(start < era < end for era in eras)
+    return lost_between and nxt.resume_step >= prev.last_step and nxt.last_step <= prev.last_step
 
 
 def _by_era(events: list[dict[str, Any]], eras: list[float]) -> list[list[dict[str, Any]]]:

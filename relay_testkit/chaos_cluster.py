@@ -641,7 +641,7 @@ class ChaosCluster:
             actions=list(self.actions),
             trainers=self.watcher.snapshot(),
             runs=runs,
-            remote_states={r: self.remote_state(r) for r in runs},
+            remote_states={r: self.remote_state(r) for r in sorted(set(runs) | set(expected_runs))},
             expected_runs=list(expected_runs),
             commander_restarts=self.commander_restarts,
             started_ts=self.started_ts,

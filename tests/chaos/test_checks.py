@@ -259,6 +259,35 @@ def test_a_run_completed_before_the_state_was_lost_is_judged_by_its_remote_and_t
     assert "incomplete" in {v.kind for v in check(**h).violations}
 
 
+def test_a_completed_run_granted_again_after_a_state_loss_may_only_resume_at_its_end() -> None:
+    """A commander restored from an older copy re-grants a run that had completed (it cannot know): a new
+    epoch that resumes at the final step and trains nothing is no violation; one that trains again is."""
+    h = history()
+    h["actions"] = [
+        {"ts": 9.0, "action": "state_lost_kill", "mode": "restore"},
+        {"ts": 9.5, "action": "state_lost_up", "mode": "restore"},
+    ]
+    resumed_at = f"{VOL}/runs/r/ckpt/step_{MAX_STEPS:08d}"
+    h["mock_records"] += [
+        _mock("w3", 300, 3, "start", 10.1, step=MAX_STEPS, resume_from=resumed_at),
+        _mock("w3", 300, 3, "exit", 10.2, step=MAX_STEPS, reason="done"),
+    ]
+    h["deaths"][(300, 10.1)] = 10.3
+    h["worker_events"] += [
+        _ev("w3", 3, "acquired", 10.0),
+        _ev("w3", 3, "resumed", 10.05, step=MAX_STEPS, source="local"),
+        _ev("w3", 3, "completed", 10.4, released=True),
+    ]
+    h["workers"].append({"worker_id": "w3", "exit_code": 0, "signals": [], "log_path": "/nonexistent"})
+    h["commander_runs"][RUN]["events"] += [
+        {"ts": 10.0, "epoch": 3, "name": "acquired", "worker_id": "w3"},
+        {"ts": 10.4, "epoch": 3, "name": "completed", "worker_id": "w3"},
+    ]
+    assert "closed_run_granted" not in kinds(h), check(**h).summary()
+    h["actions"] = []  # the same without a lost state: a closed run was granted
+    assert "closed_run_granted" in kinds(h)
+
+
 # -- the storage side and the worker-side faults of issue 13 -----------------------------------------------
 
 
