@@ -326,7 +326,7 @@ def check(
         else:
             rep.runs_completed += 1
     _check_special_ends(
-        rep, _known_ends(commander_runs, events_by_run, eras), poisoned, list(commit_fail_runs)
+        rep, _known_ends(commander_runs, events_by_run, eras, list(actions)), poisoned, list(commit_fail_runs)
     )
     _attribute_fences(rep, worker_events, list(actions))
     return rep
@@ -425,14 +425,21 @@ def _rev(event: dict[str, Any]) -> int:
 
 
 def _known_ends(
-    runs: dict[str, dict[str, Any]], events_by_run: dict[str, list[dict[str, Any]]], eras: list[float]
+    runs: dict[str, dict[str, Any]],
+    events_by_run: dict[str, list[dict[str, Any]]],
+    eras: list[float],
+    actions: list[dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     """The commander's record of each run; for a run it forgot (its state was deleted or replaced by an
-    older copy after the run had ended), the end its last worker released it with, as the commander had
-    recorded it before the loss."""
+    older copy after the run had ended), its end as the driver saw the commander record it before the
+    loss (``run_ended``), else as its last worker released it."""
     out = dict(runs)
     if not eras:
         return out
+    for a in actions:  # the commander's own record, as the driver saw it before the loss
+        if a.get("action") == "run_ended" and a.get("run_id") not in runs:
+            name = {"name": a["status"], "ts": a["ts"]}
+            out[a["run_id"]] = {"status": a["status"], "detail": a.get("detail"), "events": [name]}
     for run_id, events in events_by_run.items():
         if run_id in out:
             continue

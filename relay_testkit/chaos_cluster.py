@@ -697,8 +697,17 @@ class ChaosDriver:
             if status in ("completed", "cancelled", "failed") and run_id not in self.completed:
                 self.completed.add(run_id)
                 self.log(f"{run_id} {status}")
+                self.c.note("run_ended", run_id=run_id, status=status, detail=self._detail(run_id))
                 if self.adding_runs:
                     self.runs.append(f"run-{len(self.runs):03d}")
+
+    def _detail(self, run_id: str) -> str | None:
+        """The commander's reason for a run's end, kept in the driver's log: a later state loss may make
+        the commander forget the run, and the checker then reads its end from here."""
+        try:
+            return self.c.api(f"/api/runs/{run_id}").get("detail")
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
 
     def _fill(self, *, allow_pool: bool) -> None:
         """Keep ``workers`` workers alive, each on a free volume; close the links of those that exited."""

@@ -357,3 +357,14 @@ def test_poisoned_and_commit_fail_runs_must_end_failed_with_their_reason() -> No
     assert kinds(completed) == {"commit_fail_run_open"}
     stray = _mutate(lambda h: h["workers"][1].update(exit_code=4))  # a normal run: exit 4 is a crash
     assert "worker_crash" in kinds(stray)
+    # the commander failed the poisoned run, then lost its state: the driver's record of that end counts
+    forgotten = _mutate(lambda h: special(h, "failed", f"its remote holds epoch {2**62}", poison=True))
+    forgotten["commander_runs"] = {}
+    forgotten["remote_states"][RUN]["step"] = MAX_STEPS
+    assert "poisoned_run_open" in kinds(forgotten)
+    forgotten["actions"] = [
+        {"ts": 8.5, "action": "run_ended", "run_id": RUN, "status": "failed", "detail": f"at epoch {2**62}"},
+        {"ts": 9.0, "action": "state_lost_kill", "mode": "delete"},
+        {"ts": 9.5, "action": "state_lost_up", "mode": "delete"},
+    ]
+    assert "poisoned_run_open" not in kinds(forgotten) and check(**forgotten).poisoned_ended_failed == 1
