@@ -25,6 +25,7 @@ that could fill up and block the commander).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 try:  # the Docker image has no test extras; bench/ uses CommanderProcess, not the fixture
     import pytest
@@ -96,6 +98,12 @@ class CommanderProcess:
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def run_detail(self, run_id: str, *, events: int = 200) -> dict[str, Any]:
+        """``GET /api/runs/<run_id>`` with its newest ``events`` events, as JSON."""
+        req = urllib.request.Request(f"{self.url}/api/runs/{run_id}?events={events}", headers=self.headers)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
 
     # ------------------------------------------------------------------ lifecycle
 

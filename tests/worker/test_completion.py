@@ -7,21 +7,14 @@ that ``relayctl status`` and ``relayctl logs`` show.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from relay_testkit.workerproc import REPO_ROOT, WorkerProc
 
 TTL = 3.0
-
-
-def run_detail(cmd: Any, run_id: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{cmd.url}/api/runs/{run_id}?events=200", timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def relayctl(cmd: Any, *args: str) -> str:
@@ -52,7 +45,7 @@ def test_a_run_whose_commits_all_fail_ends_failed_and_every_failure_is_shown(
     failures = [e for e in events if e["event"] == "checkpoint_commit_failed"]
     assert len(failures) == 2 and all("is a symlink" in e["message"] for e in failures), failures
     assert events[-1]["event"] == "failed" and "checkpoint_committed" not in [e["event"] for e in events]
-    detail = run_detail(cmd, "nocommit")
+    detail = cmd.run_detail("nocommit")
     assert detail["status"] == "failed", detail["detail"]  # a checkpoint no pod can commit: not queued again
     assert "finished at step 10 but its final checkpoint was not committed" in detail["detail"]
     assert "is a symlink" in detail["detail"] and detail["restarts"] == 0
@@ -82,7 +75,7 @@ def test_a_final_checkpoint_that_never_reaches_the_remote_is_not_completed(
     assert w.wait(60) == 4, w.output()
     names = [e["event"] for e in w.events()]
     assert "checkpoint_committed" in names and "sync_failed" in names and "checkpoint_synced" not in names
-    detail = run_detail(cmd, "unsynced")
+    detail = cmd.run_detail("unsynced")
     assert detail["status"] in ("failed", "preempted"), detail  # the commander may queue it again
     assert "final checkpoint is committed on this volume, but it is not on the remote" in detail["detail"]
     assert "is a symbolic link" in detail["detail"]
@@ -116,5 +109,5 @@ def test_a_run_resumed_at_its_final_step_completes_without_waiting_for_a_sync(
     assert b.start().wait(60) == 0, b.output()
     resumed = [e for e in b.events() if e["event"] == "resumed"]
     assert resumed and resumed[-1]["step"] == 20 and resumed[-1]["source"] == "remote", resumed
-    detail = run_detail(second, "fin")
+    detail = second.run_detail("fin")
     assert detail["status"] == "completed", detail["detail"]

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,6 @@ from relay_testkit.workerproc import REPO_ROOT, WorkerProc
 TTL = 3.0
 FAULTS = REPO_ROOT / "relay_testkit" / "worker_faults"
 TRAIN = {"max_steps": 2000, "save_steps": 20, "step_seconds": 0.03}
-
-
-def run_detail(cmd: Any, run_id: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{cmd.url}/api/runs/{run_id}?events=200", timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def names(w: WorkerProc) -> list[str]:
@@ -109,7 +103,7 @@ def test_a_poisoned_remote_epoch_ends_the_run_with_its_reason_instead_of_a_loop(
     release = next(e for e in events if e["event"] == "preempted")
     assert release["remote_epoch"] == poisoned and release["released"] is True  # sent with the release
     assert "trainer_started" not in names(w) and not (w.run_dir() / "mock_steps.jsonl").exists()
-    detail = run_detail(cmd, "poison")
+    detail = cmd.run_detail("poison")
     assert detail["status"] == "failed" and str(poisoned) in detail["detail"], detail["detail"]
     assert "remote_ahead" in {e["name"] for e in detail["events"]}
     assert json.loads((relay_dir / "state.json").read_text())["epoch"] == poisoned  # never written
@@ -136,6 +130,6 @@ def test_a_remote_ahead_of_a_commander_that_lost_its_state_is_jumped_past(
     assert w.wait(90) == 0, w.output()
     grants = [e["epoch"] for e in w.events() if e["event"] == "acquired"]
     assert grants[0] == 1 and grants[-1] == 6, grants
-    assert run_detail(cmd, "lost")["status"] == "completed"
+    assert cmd.run_detail("lost")["status"] == "completed"
     state = open_remote(f"file://{tmp_path / 'remote'}", "lost").state()
     assert state is not None and (state.epoch, state.step) == (6, 20)

@@ -7,8 +7,6 @@ worker ENOSPC from the kernel, a read-only bind mount gives EROFS.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,6 @@ from relay_testkit.workerproc import WorkerProc
 
 pytestmark = pytest.mark.skipif(mountns.unavailable() is not None, reason=f"{mountns.unavailable()}")
 TTL = 3.0
-
-
-def run_detail(cmd: Any, run_id: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{cmd.url}/api/runs/{run_id}?events=200", timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def _worker(tmp_path: Path, cmd: Any, run_id: str, **train: Any) -> WorkerProc:
@@ -50,7 +43,7 @@ def test_a_volume_that_fills_up_ends_the_run_here_with_one_message(
     w.start(wrap=lambda argv: mountns.wrapped(argv, w.root, tmpfs_bytes=3 << 20))
     assert w.wait(90) == 4, w.output()[-3000:]
     _no_crash(w)
-    detail = run_detail(cmd, "full")
+    detail = cmd.run_detail("full")
     assert "the volume is full: this pod cannot carry the run" in detail["detail"]
     assert "No space left on device" in detail["detail"]  # the trainer's own words follow
     started = [e for e in detail["events"] if e["name"] == "trainer_started"]
@@ -70,7 +63,7 @@ def test_a_read_only_staging_area_stops_the_trainer_without_restarts(
     _no_crash(w)
     names = [e["event"] for e in w.events()]
     assert names.count("trainer_started") == 1 and names[-1] == "failed", names
-    detail = run_detail(cmd, "rostage")
+    detail = cmd.run_detail("rostage")
     assert f"{staging} is on a read-only filesystem: this pod cannot carry the run" in detail["detail"]
     assert "Read-only file system" in detail["detail"]
 
@@ -86,6 +79,6 @@ def test_a_run_directory_that_cannot_be_created_hands_the_grant_back(
     assert w.wait(60) == 2, w.output()[-3000:]
     _no_crash(w)
     assert f"the volume {w.root} is read-only: creating the run's directory" in w.output()
-    detail = run_detail(cmd, "rodir")
+    detail = cmd.run_detail("rodir")
     assert detail["status"] == "preempted" and detail["holder"] is None  # the run is not at fault
     assert "is read-only" in detail["detail"]
