@@ -19,6 +19,7 @@ import trainer_blackbox  # noqa: F401 - puts relay_inject on the path
 
 # isort: split
 from relay_inject.async_save import AsyncCheckpointer, AsyncSaveError
+from relay_inject.hf_save import DEFERRED_METHODS
 from relay_inject.host_copy import Copy, HostBuffers, NotCopyable
 from relay_inject.save_request import SaveRequests
 
@@ -109,6 +110,33 @@ def test_capture_defers_checkpoint_writes_and_nothing_else(tmp_path: Path) -> No
     assert finished == [3]
     assert load_file(ckpt / "model.safetensors")["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert torch.load(ckpt / "optimizer.pt")["m"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_the_trainer_state_is_written_behind_training_as_it_was_at_the_save(tmp_path: Path) -> None:
+    from transformers.trainer_callback import TrainerState
+
+    ckpt, elsewhere = tmp_path / "partial" / "checkpoint-4", tmp_path / "user_state.json"
+    ckpt.mkdir(parents=True)
+    state = TrainerState(global_step=4, log_history=[{"loss": 2.5, "step": 4}])
+    state.stateful_callbacks = {"TrainerControl": {"args": {"should_save": True}}}
+    saver = AsyncCheckpointer(pin=False, deferred_methods=DEFERRED_METHODS)
+    original = TrainerState.__dict__["save_to_json"]
+    with saver.capture(tmp_path / "partial", 4) as job:
+        state.save_to_json(str(ckpt / "trainer_state.json"))
+        state.save_to_json(str(elsewhere))  # not the checkpoint: written as usual
+        assert TrainerState.__dict__["save_to_json"] is not original
+    assert TrainerState.__dict__["save_to_json"] is original
+    assert job.deferred == ["trainer_state.json"] and elsewhere.exists()
+    assert not (ckpt / "trainer_state.json").exists()
+    state.global_step = 5  # training goes on: logs, and the callbacks' state changes
+    state.log_history.append({"loss": 2.4, "step": 5})
+    state.stateful_callbacks["TrainerControl"]["args"]["should_save"] = False
+    saver.submit(lambda job: None)
+    saver.wait()
+    written = json.loads((ckpt / "trainer_state.json").read_text())
+    assert written == json.loads(elsewhere.read_text())
+    assert written["global_step"] == 4 and written["log_history"] == [{"loss": 2.5, "step": 4}]
+    assert written["stateful_callbacks"]["TrainerControl"]["args"]["should_save"] is True
 
 
 def test_a_failed_background_write_fails_the_next_save(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ An instrumented Trainer's ``_save_checkpoint`` still runs, unchanged, in the tra
 Trainer class (HF's, TRL's, LLaMA-Factory's, a user's subclass) saves, and in the layout it saves it, is
 what lands in the checkpoint.  While it runs, its calls to ``torch.save`` and
 ``safetensors.torch.save_file`` for files inside the checkpoint directory do not write: each one takes a
-host copy of the tensors it was given (relay_inject.host_copy: the pause) and is recorded.  Small files
-(JSON, the tokenizer, ``training_args.bin``) are written as usual.  Then one writer thread replays the
+host copy of the tensors it was given (relay_inject.host_copy: the pause) and is recorded.  So are calls of
+the ``DeferredMethod``s a caller names (the HF TrainerState's JSON, which grows with every logged step):
+each records a cheap snapshot of its object.  Other small files (config, the tokenizer,
+``training_args.bin``) are written as usual.  Then one writer thread replays the
 recorded calls with the real functions on the copies, and ``finish`` (fsync, COMPLETE: relay_inject.hf)
 runs after them.  A file whose object cannot be copied exactly is saved at once, synchronously, so the
 checkpoint is always the one a synchronous save would have written.
@@ -23,6 +25,7 @@ tensor bytes, kept for the next save.
 from __future__ import annotations
 
 import os
+import queue
 import sys
 import threading
 import time
@@ -36,7 +39,7 @@ import torch
 
 from relay_inject.host_copy import Copy, HostBuffers, NotCopyable
 
-__all__ = ["AsyncCheckpointer", "AsyncSaveError", "Job"]
+__all__ = ["AsyncCheckpointer", "AsyncSaveError", "DeferredMethod", "Job"]
 
 
 class AsyncSaveError(RuntimeError):
@@ -48,6 +51,17 @@ class _Write:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeferredMethod:
+    """A method that writes one file of the checkpoint from its object (``obj.method(path, ...)``) and may
+    run in the writer thread on ``snapshot(obj)``, taken in the pause: for objects training changes only
+    cheaply (the HF TrainerState, whose JSON grows with every logged step)."""
+
+    owner: type
+    name: str
+    snapshot: Callable[[Any], Any]
 
 
 @dataclass
@@ -77,6 +91,32 @@ def _save_targets() -> list[Callable[..., Any]]:
     return targets
 
 
+class _WriterThread:
+    """The one thread that runs an AsyncCheckpointer's background tasks in order.  Started at the first
+    task and kept: starting a thread per save costs the training thread a GIL hand-off in every pause."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, task: Callable[[], None]) -> threading.Event:
+        """Queue ``task``; the event is set once it has run (whatever it raised)."""
+        done = threading.Event()
+        if self._thread is None or not self._thread.is_alive():  # the first task, or a forked child
+            self._thread = threading.Thread(target=self._loop, name="relay-async-save", daemon=True)
+            self._thread.start()
+        self._queue.put((task, done))
+        return done
+
+    def _loop(self) -> None:
+        while True:
+            task, done = self._queue.get()
+            try:
+                task()
+            finally:
+                done.set()
+
+
 class _Rebinder:
     """Points every module-level name bound to a save function at its recorder, and back."""
 
@@ -86,18 +126,17 @@ class _Rebinder:
         self._sites: list[tuple[dict[str, Any], str, Callable[..., Any]]] = []
 
     def scan(self) -> None:
-        """Find the module-level names bound to the save functions (in modules not looked at yet)."""
+        """Find the module-level names bound to the save functions (in modules not looked at yet: a set
+        difference, so a save in a process with thousands of modules does not walk them all again)."""
         targets = _save_targets()
         if [id(t) for t in targets] != [id(t) for t in self._targets]:  # a save function appeared: rescan all
             self._targets, self._scanned, self._sites = targets, set(), []
         by_id = {id(t): t for t in targets}
-        for name, module in list(sys.modules.items()):
-            if name in self._scanned:
-                continue
+        for name in sys.modules.keys() - self._scanned:
             self._scanned.add(name)
             try:
-                namespace = vars(module)
-            except TypeError:
+                namespace = vars(sys.modules[name])
+            except (KeyError, TypeError):
                 continue
             for attr, value in list(namespace.items()):
                 if id(value) in by_id and value is by_id[id(value)]:
@@ -118,11 +157,18 @@ class _Rebinder:
 class AsyncCheckpointer:
     """Captures a Trainer's checkpoint writes as host copies and writes them in one background thread."""
 
-    def __init__(self, pin: bool, save_hooks: list[Callable[[int], None]] | None = None) -> None:
+    def __init__(
+        self,
+        pin: bool,
+        save_hooks: list[Callable[[int], None]] | None = None,
+        deferred_methods: tuple[DeferredMethod, ...] = (),
+    ) -> None:
         self.buffers = HostBuffers(pin)
         self.save_hooks = save_hooks if save_hooks is not None else []
+        self.deferred_methods = deferred_methods
         self._rebinder = _Rebinder()
-        self._thread: threading.Thread | None = None
+        self._writer = _WriterThread()
+        self._done: threading.Event | None = None  # set when the task in flight (a save, a reservation) ends
         self._running: Job | None = None
         self._error: tuple[int, BaseException] | None = None
         self._job: Job | None = None
@@ -131,14 +177,14 @@ class AsyncCheckpointer:
     @property
     def in_flight(self) -> int | None:
         """The step being written in the background, if any."""
-        alive = self._thread is not None and self._thread.is_alive()
-        return self._running.step if alive and self._running is not None else None
+        busy = self._done is not None and not self._done.is_set()
+        return self._running.step if busy and self._running is not None else None
 
     def wait(self) -> None:
         """Block until the save in flight is written; raise AsyncSaveError if it failed."""
-        if self._thread is not None:
-            self._thread.join()  # the save in flight, or the reservation of buffers before the first
-            self._thread = self._running = None
+        if self._done is not None:
+            self._done.wait()  # the save in flight, or the reservation of buffers before the first
+            self._done = self._running = None
         if self._error is not None:
             step, exc = self._error
             self._error = None
@@ -154,12 +200,17 @@ class AsyncCheckpointer:
         thread = threading.get_ident()
         recorders = {id(f): self._recorder(job, thread, f) for f in _save_targets()}
         self._rebinder.install(recorders)
+        methods = [(m, m.owner.__dict__[m.name]) for m in self.deferred_methods]
+        for m, original in methods:
+            setattr(m.owner, m.name, self._method_recorder(job, thread, m, original))
         try:
             yield job
         except BaseException:
             self.buffers.recycle()
             raise
         finally:
+            for m, original in methods:
+                setattr(m.owner, m.name, original)
             self._rebinder.uninstall(recorders)
         job.copy.seal()
         self._job = job
@@ -183,6 +234,20 @@ class AsyncCheckpointer:
         record.__doc__ = original.__doc__
         return record
 
+    def _method_recorder(
+        self, job: Job, thread: int, method: DeferredMethod, original: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        def record(obj: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
+            if not job.owns(target, thread):
+                return original(obj, target, *args, **kwargs)
+            job.writes.append(_Write(original, (method.snapshot(obj), os.fspath(target), *args), kwargs))
+            job.deferred.append(os.path.basename(os.fspath(target)))
+            return None
+
+        record.__name__ = method.name
+        record.__doc__ = original.__doc__
+        return record
+
     def submit(self, finish: Callable[[Job], None]) -> Job | None:
         """Write the captured job's files in the background, then run ``finish(job)`` there (None: nothing
         was captured since the last submit)."""
@@ -190,20 +255,14 @@ class AsyncCheckpointer:
         if job is None:
             return None
         self._running = job
-        self._thread = threading.Thread(
-            target=self._write, args=(job, finish), name=f"relay-async-save-{job.step}", daemon=True
-        )
-        self._thread.start()
+        self._done = self._writer.run(lambda: self._write(job, finish))
         return job
 
     def reserve(self, sizes: list[int]) -> None:
         """Allocate host buffers of these sizes in the background (a save waits for it to end)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._done is not None and not self._done.is_set():
             return
-        self._thread = threading.Thread(
-            target=self._reserve, args=(sizes,), name="relay-async-save-reserve", daemon=True
-        )
-        self._thread.start()
+        self._done = self._writer.run(lambda: self._reserve(sizes))
 
     def _reserve(self, sizes: list[int]) -> None:
         try:

@@ -14,15 +14,17 @@ than CUDA have no copy path here: those save synchronously, said in one line.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
 import shutil
 import time
 from typing import Any
 
-from transformers.trainer_callback import TrainerCallback
+from transformers.trainer_callback import TrainerCallback, TrainerState
 
-from relay_inject.async_save import AsyncCheckpointer, AsyncSaveError, Job
+from relay_inject.async_save import AsyncCheckpointer, AsyncSaveError, DeferredMethod, Job
 from relay_inject.checkpoint import PARTIAL_DIRNAME, step_dir, write_complete
 from relay_inject.heartbeat import SAVING, TRAINING
 
@@ -46,6 +48,24 @@ def world_zero() -> bool:
     if dist is not None:
         return dist.get_rank() == 0
     return os.environ.get("RANK", "0") == "0"
+
+
+def trainer_state_snapshot(state: TrainerState) -> TrainerState:
+    """The TrainerState as it is now, for ``save_to_json`` in the writer thread: a shallow copy with its
+    lists copied one level (``log_history`` only grows; the Trainer never changes an entry once logged) and
+    its dicts deep-copied (callback states, trial parameters: small).  O(logged steps) pointer copies
+    instead of the JSON encoding of every logged step in each pause."""
+    snap = copy.copy(state)
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, list):
+            setattr(snap, f.name, list(value))
+        elif isinstance(value, dict):
+            setattr(snap, f.name, copy.deepcopy(value))
+    return snap
+
+
+DEFERRED_METHODS = (DeferredMethod(TrainerState, "save_to_json", trainer_state_snapshot),)
 
 
 def _size(nbytes: int) -> str:
@@ -85,7 +105,9 @@ class CheckpointSaving:
         self.saver: AsyncCheckpointer | None = None
         if self.reason is None:
             pin = getattr(trainer.args.device, "type", "cpu") == "cuda"
-            self.saver = AsyncCheckpointer(pin=pin, save_hooks=rt.save_hooks)
+            self.saver = AsyncCheckpointer(
+                pin=pin, save_hooks=rt.save_hooks, deferred_methods=DEFERRED_METHODS
+            )
 
     def install(self) -> None:
         t = self.trainer
