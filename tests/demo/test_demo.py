@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from relay_testkit.once import once_per_session
+
 REPO = Path(__file__).resolve().parents[2]
 RUN = "demo-sft"
-STEPS = 200
 PREEMPT_AT = 30  # pod-a is preempted once its progress shows this step or later: a real moment
 
 
@@ -55,29 +56,38 @@ def processes_mentioning(text: str) -> list[str]:
 
 @pytest.fixture(scope="module", params=[None, "configs/deepspeed/zero2.json"], ids=["plain", "zero2"])
 def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The default demo, and the same relay with both pods' trainers under DeepSpeed ZeRO-2 (CPU here)."""
-    workdir = tmp_path_factory.mktemp("demo") / "wd"
-    started = time.monotonic()
-    extra = ["--deepspeed", request.param] if request.param else []
-    proc = subprocess.run(
-        relayctl("demo", "--keep", "--workdir", str(workdir), *extra),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    return {
-        "rc": proc.returncode,
-        "out": proc.stdout,
-        "err": proc.stderr,
-        "workdir": workdir,
-        "wall_s": time.monotonic() - started,
-        "deepspeed": request.param,
-    }
+    """The default demo (200 steps), and the same relay with both pods' trainers under DeepSpeed ZeRO-2
+    (CPU here), shortened to 60 steps: the relay is the same, ZeRO's steps are the slow part."""
+    config = request.param
+    steps = 60 if config else 200
+
+    def run(root: Path) -> dict[str, Any]:
+        workdir = root / "wd"
+        started = time.monotonic()
+        extra = ["--deepspeed", config, "--steps", str(steps)] if config else []
+        proc = subprocess.run(
+            relayctl("demo", "--keep", "--workdir", str(workdir), *extra),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=170,
+        )
+        return {
+            "rc": proc.returncode,
+            "out": proc.stdout,
+            "err": proc.stderr,
+            "workdir": str(workdir),
+            "wall_s": time.monotonic() - started,
+            "deepspeed": config,
+            "steps": steps,
+        }
+
+    result = once_per_session(tmp_path_factory, "demo-zero2" if config else "demo-plain", run)
+    return {**result, "workdir": Path(result["workdir"])}
 
 
 def test_demo_exits_0_and_tells_the_relay(demo: dict[str, Any]) -> None:
-    out = demo["out"]
+    out, steps = demo["out"], demo["steps"]
     assert demo["rc"] == 0, f"demo failed (rc {demo['rc']}):\n{out}\n{demo['err']}"
     expected = [
         r"commander listening on http://127\.0\.0\.1:\d+",
@@ -92,7 +102,7 @@ def test_demo_exits_0_and_tells_the_relay(demo: dict[str, Any]) -> None:
         r"pod-b +acquired the lease on run demo-sft at epoch 2",
         r"pod-b +pulled checkpoint step {stop} from the remote .* resuming at step {stop}",
         r"pod-b +step +{next} +loss \d.*first step of this trainer",
-        rf"pod-b +checkpoint step {STEPS} synced to the remote at epoch 2",
+        rf"pod-b +checkpoint step {steps} synced to the remote at epoch 2",
         r"pod-b +released the lease as completed",
         r"commander run demo-sft is completed",
         r"steps lost at preemption: 0",
@@ -115,35 +125,36 @@ def test_demo_exits_0_and_tells_the_relay(demo: dict[str, Any]) -> None:
             )
         pos = m.end()
     assert "Traceback" not in out + demo["err"]
-    loss = re.search(rf"loss: ([\d.]+) at step 1 -> ([\d.]+) at step {STEPS}", out)
+    loss = re.search(rf"loss: ([\d.]+) at step 1 -> ([\d.]+) at step {steps}", out)
     assert loss and float(loss.group(2)) < float(loss.group(1)), out
     print(f"demo wall time {demo['wall_s']:.1f}s")
 
 
 def test_remote_holds_the_final_checkpoint_at_epoch_2(demo: dict[str, Any]) -> None:
+    steps = demo["steps"]
     remote = demo["workdir"] / "remote" / RUN
     state = json.loads((remote / "relay" / "state.json").read_text())
-    assert (state["step"], state["epoch"]) == (STEPS, 2), state
-    final = remote / "checkpoints" / f"step_{STEPS:08d}"
+    assert (state["step"], state["epoch"]) == (steps, 2), state
+    final = remote / "checkpoints" / f"step_{steps:08d}"
     manifest = json.loads((final / "manifest.json").read_text())
-    assert manifest["step"] == STEPS
+    assert manifest["step"] == steps
     assert (final / "trainer_state.json").is_file() or any(final.rglob("trainer_state.json"))
     if demo["deepspeed"]:  # DeepSpeed's own layout travelled whole: its loader resumes from it
-        assert (final / "latest").read_text().strip() == f"global_step{STEPS}"
-        assert sorted(p.name for p in (final / f"global_step{STEPS}").iterdir()) == [
+        assert (final / "latest").read_text().strip() == f"global_step{steps}"
+        assert sorted(p.name for p in (final / f"global_step{steps}").iterdir()) == [
             "mp_rank_00_model_states.pt",
             "zero_pp_rank_0_mp_rank_00_optim_states.pt",
         ]
         assert {f["path"] for f in manifest["files"]} >= {
             "latest",
-            f"global_step{STEPS}/mp_rank_00_model_states.pt",
+            f"global_step{steps}/mp_rank_00_model_states.pt",
         }
     else:
         assert (final / "optimizer.pt").is_file() and not (final / "latest").exists()
 
 
 def test_pod_b_resumed_from_pod_a_last_synced_step(demo: dict[str, Any]) -> None:
-    wd = demo["workdir"]
+    wd, steps = demo["workdir"], demo["steps"]
     a_events = read_jsonl(wd / "pod-a" / "runs" / RUN / "events.jsonl")
     b_events = read_jsonl(wd / "pod-b" / "runs" / RUN / "events.jsonl")
     a_progress = read_jsonl(wd / "pod-a" / "runs" / RUN / "progress.jsonl")
@@ -156,7 +167,7 @@ def test_pod_b_resumed_from_pod_a_last_synced_step(demo: dict[str, Any]) -> None
     resumed = [e for e in b_events if e["event"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["source"] == "remote" and resumed[0]["step"] == a_synced[-1]
     assert b_progress[0]["step"] == a_synced[-1] + 1
-    assert b_progress[-1]["step"] == STEPS
+    assert b_progress[-1]["step"] == steps
     assert {p["epoch"] for p in a_progress} == {1} and {p["epoch"] for p in b_progress} == {2}
     assert a_events[-1]["event"] == "preempted" and b_events[-1]["event"] == "completed"
     # B's volume got A's checkpoint only through the remote: nothing of A's earlier checkpoints

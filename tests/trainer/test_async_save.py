@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from relay_testkit.once import once_per_session
 from relay_testkit.trainer_env import hold_save_env, pause_at_step_env
 from tests.trainer.conftest import (
     launch,
@@ -72,8 +73,14 @@ def finish(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 120) -
 def experiment(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, sft_data: Path) -> dict[str, Path]:
     """a: async, a save request waiting from the start, the write of step 2 held until step 3 is trained;
     s: the same with synchronous saves; b: async, the write of step 2 held until SIGTERM, which comes after
-    step 3; then c resumes from a's step 2 and d from b's step 3."""
-    root = tmp_path_factory.mktemp("async")
+    step 3; then c resumes from a's step 2 and d from b's step 3.  Run once per session (relay_testkit.once)."""
+    dirs = once_per_session(
+        tmp_path_factory, "async-save", lambda root: run_experiment(root, tiny_model, sft_data)
+    )
+    return {name: Path(path) for name, path in dirs.items()}
+
+
+def run_experiment(root: Path, tiny_model: Path, sft_data: Path) -> dict[str, str]:
     train = train_block(tiny_model, sft_data)
     dirs = {name: root / name for name in "asbcd"}
     request = root / "save_request.json"
@@ -102,7 +109,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, sft_d
         dirs[f"{source}{step}"] = ckpt
     for name, proc in resumed.items():
         finish(proc, dirs[name])
-    return dirs
+    return {name: str(path) for name, path in dirs.items()}
 
 
 def lines(run_dir: Path) -> list[dict[str, Any]]:

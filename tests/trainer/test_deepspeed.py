@@ -67,10 +67,11 @@ def test_sft_zero_sigterm_resume_is_exact(
     assert_deepspeed_checkpoint(committed, STOP_AT, stage)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_rl_zero_sigterm_resume_is_exact(tmp_path: Path, tiny_model: Path, rl_data: Path, stage: int) -> None:
+def test_rl_zero3_sigterm_resume_is_exact(tmp_path: Path, tiny_model: Path, rl_data: Path) -> None:
     # Under ZeRO-3 generation needs the partitioned weights gathered (TRL does it); the resume must still
-    # replay the same samples, rewards and KL.
+    # replay the same samples, rewards and KL.  ZeRO-2's checkpoint layout is the SFT test's (the same
+    # engine save and load); RL adds what ZeRO-3 changes, so only that stage runs here.
+    stage = 3
     train = rl_train(tiny_model, rl_data, deepspeed=ds_config(stage))
     a, b, c, committed = relay_resume_experiment("rl", train, tmp_path, stop_at=2)
     assert [x["step"] for x in b] == [1, 2]
