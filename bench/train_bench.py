@@ -91,8 +91,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "phase_steps": 12,
         "save_every": 4,  # a 0.76 GB write + fsync takes ~1 s here
         "cycles": 2,
-        "steps": 16,
-        "save_steps": 5,
+        "steps": 30,
+        "save_steps": 10,  # writing 0.76 GB behind training takes ~3 s here: a save waits for the last
         "threads": 1,
     },
     "0.5b": {
