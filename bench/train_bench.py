@@ -89,10 +89,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch": 1,
         "warmup": 3,
         "phase_steps": 12,
-        "save_every": 4,  # a 0.76 GB write + fsync takes ~1 s here
+        "save_every": 4,  # ~1.8 s apart: the previous save's write has ended by then here
         "cycles": 2,
         "steps": 30,
-        "save_steps": 10,  # writing 0.76 GB behind training takes ~3 s here: a save waits for the last
+        "save_steps": 10,  # the relayed runs' writes took 2.6-3.0 s here: every 5, a save waited for the last
         "threads": 1,
     },
     "0.5b": {

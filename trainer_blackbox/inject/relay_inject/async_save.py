@@ -200,7 +200,8 @@ class AsyncCheckpointer:
         thread = threading.get_ident()
         recorders = {id(f): self._recorder(job, thread, f) for f in _save_targets()}
         self._rebinder.install(recorders)
-        methods = [(m, m.owner.__dict__[m.name]) for m in self.deferred_methods]
+        # a method the class no longer defines itself (another library version) is simply not deferred
+        methods = [(m, m.owner.__dict__[m.name]) for m in self.deferred_methods if m.name in m.owner.__dict__]
         for m, original in methods:
             setattr(m.owner, m.name, self._method_recorder(job, thread, m, original))
         try:

@@ -28,7 +28,15 @@ from relay_inject.async_save import AsyncCheckpointer, AsyncSaveError, DeferredM
 from relay_inject.checkpoint import PARTIAL_DIRNAME, step_dir, write_complete
 from relay_inject.heartbeat import SAVING, TRAINING
 
-__all__ = ["PARTIAL_DIRNAME", "CheckpointSaving", "dist_world", "sync_reason", "world_zero"]
+__all__ = [
+    "DEFERRED_METHODS",
+    "PARTIAL_DIRNAME",
+    "CheckpointSaving",
+    "dist_world",
+    "sync_reason",
+    "trainer_state_snapshot",
+    "world_zero",
+]
 
 MARKER_FMT = ".relay-written-rank%d"
 MARKER_WAIT_S = 1800.0  # how long rank 0 waits for another rank's background write before giving up
