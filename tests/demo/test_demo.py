@@ -95,7 +95,9 @@ def test_demo_exits_0_and_tells_the_relay(demo: dict[str, Any]) -> None:
         r"pod-a +acquired the lease on run demo-sft at epoch 1",
         r"pod-a +no checkpoint on its volume or on the remote: cold start",
         r"pod-a +step +1 +loss \d",
-        r"pod-a +checkpoint step 20 synced to the remote at epoch 1",
+        # the first checkpoint pod-a synced: step 20, or a later one when a loaded machine let the trainer
+        # save several before the worker looked (the worker commits the newest)
+        r"pod-a +checkpoint step \d+ synced to the remote at epoch 1",
         r">>> preempting pod-a at step (?P<seen>\d+): SIGTERM",
         r"pod-b +worker started .* is empty",
         r"pod-a +released the lease as preempted: SIGTERM at step (?P<stop>\d+), checkpoint (?P=stop)\b",
