@@ -189,7 +189,7 @@ def test_two_worker_containers_hand_a_run_over(
     started = time.monotonic()
     with a.container as ca:
         wait_for(
-            lambda: a.event("checkpoint_synced", lambda e: e["step"] == 10),
+            lambda: a.event("checkpoint_synced", lambda e: e["step"] >= 10),  # or later, on a loaded machine
             90,
             "A's first sync",
             ca.proc,

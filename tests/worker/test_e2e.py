@@ -310,14 +310,14 @@ def _relay_through(tmp_path: Path, cmd: Any, remote: str, env: dict[str, str]) -
         env=env,
     )
     a.start()
-    a.wait_event("checkpoint_synced", pred=lambda e: e["step"] == 10)
+    a.wait_event("checkpoint_synced", pred=lambda e: e["step"] >= 10)  # 10, or later on a loaded machine
     assert wait_for(lambda: len(a.progress()) >= 14)
     a.send(signal.SIGTERM)
     assert a.wait(30) == 0, a.output()
     ev_a = a.events()
     assert ev_a[-1]["event"] == "preempted" and ev_a[-1]["released"] is True
     final = ev_a[-1]["checkpoint_step"]
-    assert final >= 14 and final % 10 != 0  # the trainer saved the step it was on at SIGTERM
+    assert final >= 14  # A had trained 14 steps when it got SIGTERM (below: and saved the step it was on)
     synced = [e["step"] for e in ev_a if e["event"] == "checkpoint_synced"]
     assert synced[-1] == final  # synced before the release
     assert run_detail(cmd, "relay")["status"] == "preempted"
@@ -337,7 +337,7 @@ def _relay_through(tmp_path: Path, cmd: Any, remote: str, env: dict[str, str]) -
     resumed = next(e for e in b.events() if e["event"] == "resumed")
     assert resumed["source"] == "remote" and resumed["step"] == final and resumed["epoch"] == 2
     counts_a, counts_b = step_counts(a.mock_log()), step_counts(b.mock_log())
-    assert counts_a == {s: 1 for s in range(1, final + 1)}
+    assert counts_a == {s: 1 for s in range(1, final + 1)}  # A saved the step it was on at SIGTERM
     assert counts_b == {s: 1 for s in range(final + 1, 61)}  # no step trained twice
     assert b.events()[-1]["event"] == "completed"
     assert [e["step"] for e in b.events() if e["event"] == "checkpoint_synced"][-1] == 60
