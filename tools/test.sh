@@ -4,6 +4,12 @@
 # cached), then runs pytest (extra args pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A first run on a machine writes about 10 GB (.venv, the trainer environments, the test image, the tests'
+# checkpoints); with less free, say so up front rather than as pip's "No space left on device" later.
+free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "${free_gb:-0}" -lt 10 ]; then
+  echo "test.sh: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'); a first run needs about 10 GB" >&2
+fi
 bash tools/bootstrap.sh
 bash tools/install_browser.sh
 bash tools/install_image_tools.sh  # buildah + debootstrap for tests/deploy/test_image.py (once per machine)
