@@ -63,7 +63,8 @@ class SpeedSettings(BaseModel):
         description="Ask the trainer for a checkpoint when this many seconds passed since the last one "
         "(the save-request file of the trainer contract), bounding what a hard kill loses. 'auto': the "
         "Young/Daly interval sqrt(2 x save cost x time between preemptions), from the measured save "
-        "pause and the run's lease history, shown in the run's events. Empty: only the trainer's own saves.",
+        "pause and the run's lease history, never shorter than a save takes to be written, shown in the "
+        "run's events. Empty: only the trainer's own saves.",
         json_schema_extra=_env("SAVE_EVERY_S"),
     )
 

@@ -15,8 +15,10 @@ its next step end; one that does not loses nothing.  The file is removed before 
   /api/runs/{id}``).  With none yet, the running time itself counts as one (a pessimistic estimate that
   grows while the run survives),
 
-clamped to [``AUTO_MIN_S``, ``AUTO_MAX_S``].  Until the first save is measured, only the trainer's own
-saves happen.  Each choice (and why) is a ``save_cadence`` event, reported to the commander, so
+and never shorter than the time a save takes to reach the volume (the checkpointed step's line to its
+commit: with async saves, the write behind training; a shorter interval would make each save wait on the
+one before), clamped to [``AUTO_MIN_S``, ``AUTO_MAX_S``].  Until the first save is measured, only the
+trainer's own saves happen.  Each choice (and why) is a ``save_cadence`` event, reported to the commander, so
 ``relayctl status RUN`` shows it.  The arithmetic is pure functions, tested alone.
 """
 
@@ -89,12 +91,19 @@ class Choice:
     mtbf_s: float | None = None
     interruptions: int | None = None
     exposure_s: float | None = None
+    write_s: float | None = None
 
 
 def choose_interval(
-    setting: float | str | None, save_cost_s: float | None, history: Interruptions | None
+    setting: float | str | None,
+    save_cost_s: float | None,
+    history: Interruptions | None,
+    write_s: float | None = None,
 ) -> Choice:
-    """The interval for a ``save_every_s`` setting (seconds, ``"auto"`` or None) and what auto measured."""
+    """The interval for a ``save_every_s`` setting (seconds, ``"auto"`` or None) and what auto measured.
+
+    ``write_s`` (the time a save takes to reach the volume) is a floor: Young/Daly counts only the
+    pause, but saves asked for faster than they can be written queue behind each other."""
     if setting is None:
         return Choice(None, "save_every_s unset: only the trainer's own saves")
     if setting != "auto":
@@ -103,24 +112,35 @@ def choose_interval(
         return Choice(None, "auto: the save cost is measured at the trainer's first checkpoint")
     mtbf = history.mtbf_s
     raw = young_daly_interval(save_cost_s, mtbf)
-    interval = min(AUTO_MAX_S, max(AUTO_MIN_S, raw))
+    floor = max(raw, write_s or 0.0)
+    interval = min(AUTO_MAX_S, max(AUTO_MIN_S, floor))
     seen = f"{history.count} interruption(s) in {history.exposure_s:.0f}s of leases"
     why = f"auto: Young/Daly sqrt(2 x {save_cost_s:.2f}s save x {mtbf:.0f}s between interruptions ({seen})) = {raw:.0f}s"
-    if interval != raw:
+    if floor != raw:
+        why += f", raised to the {floor:.0f}s a save takes to be written (no save waits on the one before)"
+    if interval != floor:
         why += f", clamped to {interval:g}s"
     return Choice(
-        interval, why, round(save_cost_s, 3), round(mtbf, 1), history.count, round(history.exposure_s, 1)
+        interval,
+        why,
+        round(save_cost_s, 3),
+        round(mtbf, 1),
+        history.count,
+        round(history.exposure_s, 1),
+        round(write_s, 3) if write_s is not None else None,
     )
 
 
 class SaveCostMeter:
-    """The training pause a save causes, from progress-line timestamps (median of the last few saves)."""
+    """The training pause a save causes, from progress-line timestamps (median of the last few saves),
+    and the time a save takes to be committed (its step's line to the commit)."""
 
     def __init__(self) -> None:
         self._ts: dict[int, float] = {}
         self._gaps: deque[float] = deque(maxlen=32)  # gaps between steps without a save
         self._saved: set[int] = set()
         self._costs: deque[float] = deque(maxlen=5)
+        self._writes: deque[float] = deque(maxlen=5)
 
     def line(self, step: int, ts: float) -> None:
         prev = self._ts.get(step - 1)
@@ -134,8 +154,11 @@ class SaveCostMeter:
         else:
             self._gaps.append(ts - prev)
 
-    def saved(self, step: int) -> None:
-        """A checkpoint of ``step`` was committed (its pause lies before the next step's line)."""
+    def saved(self, step: int, at: float | None = None) -> None:
+        """A checkpoint of ``step`` was committed at wall time ``at`` (now by default; its pause lies
+        before the next step's line)."""
+        if step in self._ts:
+            self._writes.append(max(0.0, (time.time() if at is None else at) - self._ts[step]))
         self._saved.add(step)
         if step in self._ts and step + 1 in self._ts:
             self._measure(step, self._ts[step + 1] - self._ts[step])
@@ -148,6 +171,10 @@ class SaveCostMeter:
     @property
     def cost_s(self) -> float | None:
         return statistics.median(self._costs) if self._costs else None
+
+    @property
+    def write_s(self) -> float | None:
+        return statistics.median(self._writes) if self._writes else None
 
 
 class SaveRequestFile:
@@ -253,7 +280,7 @@ class Cadence:
         by more than ``CHANGE``."""
         if self.setting is None:
             return
-        choice = choose_interval(self.setting, self.meter.cost_s, self._current_history())
+        choice = choose_interval(self.setting, self.meter.cost_s, self._current_history(), self.meter.write_s)
         self.choice = choice
         new, old = choice.interval_s, self._announced
         if self._said and (new is None or (old is not None and abs(new - old) <= CHANGE * old)):
@@ -268,4 +295,5 @@ class Cadence:
             mtbf_s=choice.mtbf_s,
             interruptions=choice.interruptions,
             exposure_s=choice.exposure_s,
+            write_s=choice.write_s,
         )

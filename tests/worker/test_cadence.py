@@ -73,6 +73,18 @@ def test_choose_interval_fixed_unset_and_auto() -> None:
     assert high.interval_s == AUTO_MAX_S and "clamped" in high.why
 
 
+def test_auto_never_asks_faster_than_a_save_is_written() -> None:
+    """An async save pauses 0.1 s but takes 40 s to write: asking every 13 s would queue saves."""
+    quick = choose_interval("auto", 0.1, Interruptions(1, 900), write_s=40.0)
+    assert quick.interval_s == pytest.approx(40.0) and quick.write_s == 40.0
+    assert "raised to the 40s a save takes to be written" in quick.why
+    slow_writes_dont_matter = choose_interval("auto", 2.0, Interruptions(4, 3600), write_s=3.0)
+    assert slow_writes_dont_matter.interval_s == pytest.approx(math.sqrt(2 * 2.0 * 900))
+    assert "raised" not in slow_writes_dont_matter.why
+    capped = choose_interval("auto", 0.1, Interruptions(1, 900), write_s=5000.0)
+    assert capped.interval_s == AUTO_MAX_S and "clamped" in capped.why
+
+
 def test_the_save_cost_is_the_pause_beyond_a_normal_step() -> None:
     meter = SaveCostMeter()
     ts = 0.0
@@ -86,6 +98,19 @@ def test_the_save_cost_is_the_pause_beyond_a_normal_step() -> None:
     meter.saved(10)  # committed after the next line arrived? measured when it does
     meter.line(11, ts + 1.5)
     assert meter.cost_s == pytest.approx((3.0 + 0.5) / 2)
+
+
+def test_the_write_time_is_the_checkpointed_step_to_its_commit() -> None:
+    meter = SaveCostMeter()
+    meter.saved(3, at=10.0)  # its step's line never seen: nothing to measure
+    assert meter.write_s is None
+    meter.line(4, 100.0)
+    meter.saved(4, at=107.5)
+    meter.line(9, 200.0)
+    meter.saved(9, at=204.5)
+    meter.line(14, 300.0)
+    meter.saved(14, at=306.0)
+    assert meter.write_s == pytest.approx(6.0)  # the median of 7.5, 4.5 and 6.0
 
 
 def test_each_request_is_seen_once_by_the_trainer(tmp_path: Path) -> None:
