@@ -663,6 +663,7 @@ class _PendingKill:
     deadline: float
     mock_tail: JsonlTail
     events_tail: JsonlTail | None
+    holder: bool = False
 
 
 class ChaosDriver:
@@ -681,6 +682,7 @@ class ChaosDriver:
         self.stalled: list[tuple[WorkerHandle, float]] = []  # paused or output-blocked (worker, resume at)
         self.done: set[str] = set()  # the kinds of fault injected so far
         self.kills = 0
+        self.holder_signals: set[signal.Signals] = set()  # the signals a training holder has had
         self.adding_runs = self.s.new_runs
         self.flood: chaos_faults.SlowFlood | None = None
         self.backup: Path | None = None
@@ -768,6 +770,10 @@ class ChaosDriver:
             return
         w = self.rng.choice(sorted(candidates, key=lambda h: h.worker_id))
         sig = signal.SIGTERM if self.rng.random() < self.s.p_sigterm else signal.SIGKILL
+        if not holders and sig not in self.holder_signals:
+            # on a slow machine every worker may still be starting: each signal first waits for a holder
+            # that trains, so a run really is preempted (SIGTERM) and really killed (SIGKILL) mid-training
+            return
         moment = self.rng.choice(MOMENTS) if w in holders else "random"
         tail = JsonlTail(w.mock_log)
         tail.read_new()  # only what happens from now on triggers
@@ -777,7 +783,9 @@ class ChaosDriver:
             if trainers:
                 events_tail = JsonlTail(w.volume / "runs" / trainers[0].run_id / "events.jsonl")
                 events_tail.read_new()
-        self.pending = _PendingKill(w, sig, moment, time.monotonic() + 3.0, tail, events_tail)
+        self.pending = _PendingKill(
+            w, sig, moment, time.monotonic() + 3.0, tail, events_tail, holder=w in holders
+        )
 
     def _fire_pending(self) -> None:
         p = self.pending
@@ -800,6 +808,8 @@ class ChaosDriver:
             # a targeted kill whose moment did not come within 3 s is carried out anyway, as a random one
             self.c.signal_worker(p.worker, p.sig, moment=p.moment if hit else "random", wanted=p.moment)
             self.kills += 1
+            if p.holder:
+                self.holder_signals.add(p.sig)
             self.pending = None
 
     def _partition(self) -> None:

@@ -74,12 +74,13 @@ def test_a_duplicate_worker_id_waits_for_the_live_holder(tmp_path: Path) -> None
 
 
 def test_the_commander_state_deleted_then_replaced_by_an_older_copy(tmp_path: Path) -> None:
-    """The holders ride through the restart (the TTL is long enough for a slow start on a busy machine) and
-    call in: the new state does not know their leases, so they are fenced, and the commander learns their
-    epochs.  It grants nothing for the first TTL after a start on a lost state, then goes past them."""
+    """The holders ride through the restart (the TTL is long enough for a slow start on a busy machine: a
+    restart took 4 to 6 s there) and call in: the new state does not know their leases, so they are fenced,
+    and the commander learns their epochs.  It grants nothing for the first TTL after a start on a lost
+    state, then goes past them."""
     runs = ["run-000", "run-001"]
     with ChaosCluster(
-        tmp_path, settings(runs=2, volumes=6, ttl_s=8.0, safety_margin_s=2.5, max_steps=300)
+        tmp_path, settings(runs=2, volumes=6, ttl_s=18.0, safety_margin_s=6.0, max_steps=300)
     ) as c:
         first = [c.spawn_worker(r) for r in runs]
         wait_for(
@@ -92,7 +93,7 @@ def test_the_commander_state_deleted_then_replaced_by_an_older_copy(tmp_path: Pa
         second = [c.spawn_worker(r) for r in runs]
         wait_for(
             lambda: all(synced(w, r, 2) for w, r in zip(second, runs, strict=True)),
-            40,
+            60,  # one TTL of no grants, then a trainer's start
             "epoch 2 to train and sync",
         )
         chaos_faults.wipe_state(c, "restore", backup)  # the old copy says: epoch 1, the first workers hold
