@@ -47,8 +47,7 @@ def cache_key(root: Path = REPO_ROOT) -> str:
 
 
 def image_exists(ref: str) -> bool:
-    proc = subprocess.run(["buildah", "inspect", "--type", "image", ref], capture_output=True, timeout=60)
-    return proc.returncode == 0
+    return image_id(ref) is not None
 
 
 def build(context: Path, tag: str, log_path: Path, *extra: str) -> tuple[int, float]:
@@ -66,8 +65,8 @@ def ensure_image(log_path: Path) -> BuiltImage:
     """Build (or re-use) the test image of this checkout; raises ImageBuildError with the log's tail."""
     key = cache_key()
     tag = f"{REPOSITORY}:test-{key}"
-    cold = not image_exists(tag)
     previous = image_id(tag)
+    cold = previous is None
     code, seconds = build(REPO_ROOT, tag, log_path)
     if code != 0:
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])

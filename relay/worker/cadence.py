@@ -18,8 +18,8 @@ its next step end; one that does not loses nothing.  The file is removed before 
 and never shorter than the time a save takes to reach the volume (the checkpointed step's line to its
 commit: with async saves, the write behind training; a shorter interval would make each save wait on the
 one before), clamped to [``AUTO_MIN_S``, ``AUTO_MAX_S``].  Until the first save is measured, only the
-trainer's own saves happen.  Each choice (and why) is a ``save_cadence`` event, reported to the commander, so
-``relayctl status RUN`` shows it.  The arithmetic is pure functions, tested alone.
+trainer's own saves happen.  Each choice (and why) is a ``save_cadence`` event, reported to the
+commander, so ``relayctl status RUN`` shows it.  The arithmetic is pure functions, tested alone.
 """
 
 from __future__ import annotations
@@ -112,13 +112,13 @@ def choose_interval(
         return Choice(None, "auto: the save cost is measured at the trainer's first checkpoint")
     mtbf = history.mtbf_s
     raw = young_daly_interval(save_cost_s, mtbf)
-    floor = max(raw, write_s or 0.0)
-    interval = min(AUTO_MAX_S, max(AUTO_MIN_S, floor))
+    wanted = max(raw, write_s or 0.0)
+    interval = min(AUTO_MAX_S, max(AUTO_MIN_S, wanted))
     seen = f"{history.count} interruption(s) in {history.exposure_s:.0f}s of leases"
     why = f"auto: Young/Daly sqrt(2 x {save_cost_s:.2f}s save x {mtbf:.0f}s between interruptions ({seen})) = {raw:.0f}s"
-    if floor != raw:
-        why += f", raised to the {floor:.0f}s a save takes to be written (no save waits on the one before)"
-    if interval != floor:
+    if wanted != raw:
+        why += f", raised to the {wanted:.0f}s a save takes to be written (no save waits on the one before)"
+    if interval != wanted:
         why += f", clamped to {interval:g}s"
     return Choice(
         interval,
